@@ -1,0 +1,43 @@
+"""The ``dspex`` command line: ``dspex --help`` lists the commands."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dspex.settings import get_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dspex",
+    help="DSPex on Prefect: run DSPy pipelines as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.command("settings")
+def settings_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Print the effective DSPEX_* settings, secrets masked."""
+    values = get_settings().masked()
+    if as_json:
+        typer.echo(json.dumps(values, indent=2, sort_keys=True))
+        return
+    table = Table(title="DSPex settings (DSPEX_* environment, .env)")
+    table.add_column("setting")
+    table.add_column("value")
+    for key in sorted(values):
+        table.add_row(key, "" if values[key] is None else str(values[key]))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``dspex`` console script."""
+    app()

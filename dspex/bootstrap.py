@@ -1,0 +1,78 @@
+"""Make the embedded Prefect default project-local and quiet; import this before Prefect.
+
+Importing this module (the packages that use Prefect do it first) applies `configure_prefect`
+once. It only *defaults* variables the user has not set, so ``PREFECT_HOME``, ``PREFECT_API_URL`` or
+any ``PREFECT_*`` setting given by the user always wins, and pointing ``PREFECT_API_URL`` at a
+server switches every flow to it without a code change.
+
+What it sets, and why:
+
+* ``PREFECT_HOME`` to ``<DSPEX_HOME>/prefect`` (when no server URL is given), so runs, the SQLite
+  database and logs of the embedded server stay in the project instead of ``~/.prefect``.
+* ``PREFECT_SERVER_ANALYTICS_ENABLED=false``: otherwise every start logs a failed network call.
+* ``PREFECT_SERVER_LOGGING_LEVEL=CRITICAL`` for the embedded server only: at interpreter exit it
+  is stopped while its event recorder flushes, which prints ``CancelledError`` tracebacks about work
+  that is already persisted. A user's own server keeps its normal logging.
+* ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90``: the embedded server takes 5-13 s to start
+  on two cores, and more under load; Prefect's 20 s default fails spuriously in CI.
+* Flow-run heartbeats off for the embedded server: a sync flow joins its heartbeat thread at exit,
+  which costs ~1 s per flow run (0.27 s without, measured); heartbeats detect crashed runs, and an
+  embedded server dies with its process anyway. Against a real server they stay on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dspex.settings import get_settings
+
+__all__ = ["configure_prefect", "embedded"]
+
+_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def embedded() -> bool:
+    """Whether flows run against the embedded server Prefect starts itself (no PREFECT_API_URL)."""
+    return not os.environ.get("PREFECT_API_URL")
+
+
+def configure_prefect() -> None:
+    """Default the Prefect environment for DSPex; idempotent, never overrides the user."""
+    settings = get_settings()
+    if embedded():
+        if "PREFECT_HOME" not in os.environ:
+            home = settings.resolved_prefect_home
+            home.mkdir(parents=True, exist_ok=True)
+            os.environ["PREFECT_HOME"] = str(home)
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    for key, value in _DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if "prefect.context" in sys.modules:
+        # Prefect was imported before us: rebuild its root settings from the environment.
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+    if embedded() and "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        _disable_flow_heartbeats()
+
+
+def _disable_flow_heartbeats() -> None:
+    # Prefect's setting has ge=30 and cannot be None from the environment, so the root settings
+    # context is replaced by a copy with heartbeats off (what temporary_settings does, made global).
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    root = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    if root.settings.flows.heartbeat_frequency is None:
+        return
+    settings = root.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
+        profile=root.profile, settings=settings
+    )
+
+
+configure_prefect()

@@ -1,0 +1,304 @@
+"""Every error DSPex raises, in one tree.
+
+Each error has a stable ``code`` (for logs, artifacts and API answers) and subclasses the builtin a
+caller would reach for (``ValueError`` for bad input, ``LookupError`` for a missing name,
+``RuntimeError`` for a failure while running), so ``except ValueError`` keeps working.
+
+    DSPexError (Exception)
+    ├── ConfigurationError (ValueError) .............. bad settings or environment
+    │   └── LMConfigurationError ..................... an LM that cannot be built (no key, bad model)
+    ├── RegistryError
+    │   ├── UnknownModuleError (LookupError) ......... no such module; suggests close names
+    │   ├── InvalidModuleInfoError (ValueError) ...... a malformed registry record
+    │   └── RegistryPersistenceError ................. the registry file is corrupt or unwritable
+    ├── SignatureError (ValueError) .................. a signature string that does not parse
+    ├── InputValidationError (ValueError) ............ inputs that do not fit a signature (all fields)
+    ├── TemplateError (ValueError) ................... a template that does not compile or render
+    │   └── TemplateSecurityError .................... a sandbox escape attempt
+    ├── MetricError (ValueError) ..................... a metric given inputs it cannot score
+    ├── PayloadError (ValueError) .................... a payload that cannot be written or read
+    │   ├── PayloadNotFoundError ..................... nothing at the payload's uri
+    │   ├── PayloadCorruptError ...................... truncated, corrupt, or checksum mismatch
+    │   └── PayloadFormatError ....................... an object or file of a kind we do not handle
+    ├── PipelineSpecError (ValueError) ............... an invalid pipeline; names the step
+    ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
+    ├── PoolUnavailableError (RuntimeError) .......... a pool that cannot take work (fallback policy)
+    ├── DispatchError (RuntimeError) ................. a batch that could not reach a pool and back
+    └── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
+
+`is_retryable` says whether an error is worth retrying (transient LM errors as DSPy classifies them,
+and our own errors flagged retryable); `retry_condition` plugs it into Prefect's
+``retry_condition_fn``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "DSPexError",
+    "DispatchError",
+    "InputValidationError",
+    "InvalidModuleInfoError",
+    "LMConfigurationError",
+    "MetricError",
+    "PayloadCorruptError",
+    "PayloadError",
+    "PayloadFormatError",
+    "PayloadNotFoundError",
+    "PipelineSpecError",
+    "PoolUnavailableError",
+    "RegistryError",
+    "RegistryPersistenceError",
+    "SandboxUnavailableError",
+    "SignatureError",
+    "StepExecutionError",
+    "TemplateError",
+    "TemplateSecurityError",
+    "UnknownModuleError",
+    "is_retryable",
+    "retry_condition",
+]
+
+
+class DSPexError(Exception):
+    """Base of every DSPex error.
+
+    Attributes:
+        code: A stable, machine-readable identifier of the error kind.
+        retryable: Whether retrying the same operation may succeed.
+    """
+
+    code: str = "dspex_error"
+    retryable: bool = False
+
+
+class ConfigurationError(DSPexError, ValueError):
+    """Settings or environment that cannot work (a bad ``DSPEX_*`` value, a missing folder)."""
+
+    code = "configuration_error"
+
+
+class LMConfigurationError(ConfigurationError):
+    """An LM that cannot be built from the settings (no API key, unknown model)."""
+
+    code = "lm_configuration_error"
+
+
+class RegistryError(DSPexError):
+    """Base of module-registry errors."""
+
+    code = "registry_error"
+
+
+class UnknownModuleError(RegistryError, LookupError):
+    """A module name the registry does not know.
+
+    Attributes:
+        name: The name that was asked for.
+        suggestions: Registered names close to it, best first.
+    """
+
+    code = "unknown_module"
+
+    def __init__(self, name: str, suggestions: list[str] | None = None) -> None:
+        self.name = name
+        self.suggestions = list(suggestions or [])
+        hint = f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"unknown module {name!r}{hint}")
+
+    def __str__(self) -> str:  # LookupError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class InvalidModuleInfoError(RegistryError, ValueError):
+    """A registry record that does not validate (bad pool, negative duration, unknown key)."""
+
+    code = "invalid_module_info"
+
+
+class RegistryPersistenceError(RegistryError):
+    """The registry file is corrupt or cannot be written; names the file and any backup kept."""
+
+    code = "registry_persistence_error"
+
+
+class SignatureError(DSPexError, ValueError):
+    """A DSPy signature string that does not parse.
+
+    Attributes:
+        text: The signature text.
+        column: 1-based column of the problem, when known.
+        hint: A one-line suggestion.
+    """
+
+    code = "signature_error"
+
+    def __init__(self, message: str, *, text: str = "", column: int | None = None, hint: str = "") -> None:
+        self.text = text
+        self.column = column
+        self.hint = hint
+        where = f" at column {column}" if column is not None else ""
+        full = f"{message}{where}"
+        if hint:
+            full += f" (hint: {hint})"
+        super().__init__(full)
+
+
+class InputValidationError(DSPexError, ValueError):
+    """Inputs that do not fit a signature; ``errors`` lists every bad field at once.
+
+    Attributes:
+        errors: One ``{"field", "message", "input"}`` mapping per bad field.
+    """
+
+    code = "input_validation_error"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        self.errors = list(errors or [])
+        super().__init__(message)
+
+
+class TemplateError(DSPexError, ValueError):
+    """A template that does not compile, or a render with missing variables."""
+
+    code = "template_error"
+
+
+class TemplateSecurityError(TemplateError):
+    """A template that tried to leave the sandbox (``__class__``, ``__globals__``, ...)."""
+
+    code = "template_security_error"
+
+
+class MetricError(DSPexError, ValueError):
+    """A metric given inputs it cannot score (mismatched lengths, wrong types, unknown metric)."""
+
+    code = "metric_error"
+
+
+class PayloadError(DSPexError, ValueError):
+    """A payload that cannot be written or read.
+
+    Attributes:
+        uri: Where the payload lives, when known.
+    """
+
+    code = "payload_error"
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        self.uri = uri
+        super().__init__(f"{message} [{uri}]" if uri else message)
+
+
+class PayloadNotFoundError(PayloadError):
+    """Nothing is stored at the payload's uri."""
+
+    code = "payload_not_found"
+
+
+class PayloadCorruptError(PayloadError):
+    """A payload that is truncated, corrupt, or does not match its checksum."""
+
+    code = "payload_corrupt"
+
+
+class PayloadFormatError(PayloadError):
+    """An object or file of a kind the payload codecs do not handle."""
+
+    code = "payload_format"
+
+
+class PipelineSpecError(DSPexError, ValueError):
+    """An invalid pipeline spec.
+
+    Attributes:
+        step: The name of the offending step, when there is one.
+    """
+
+    code = "pipeline_spec_error"
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        self.step = step
+        super().__init__(f"step {step!r}: {message}" if step else message)
+
+
+class SandboxUnavailableError(DSPexError, RuntimeError):
+    """A module that runs generated code, with no sandbox available to run it in."""
+
+    code = "sandbox_unavailable"
+
+
+class PoolUnavailableError(DSPexError, RuntimeError):
+    """A pool that cannot take work: capacity zero, circuit open, or no live worker."""
+
+    code = "pool_unavailable"
+
+    def __init__(self, pool: str, reason: str) -> None:
+        self.pool = pool
+        self.reason = reason
+        super().__init__(f"pool {pool!r} cannot take work: {reason}")
+
+
+class DispatchError(DSPexError, RuntimeError):
+    """A batch that could not be dispatched to a pool, or whose run did not come back."""
+
+    code = "dispatch_error"
+    retryable = True
+
+
+class StepExecutionError(DSPexError, RuntimeError):
+    """A pipeline step that failed.
+
+    Attributes:
+        step: The step's name.
+        completed: How many rows were completed (and kept) before the failure.
+        partial_ref: A JSON-able reference to the completed rows, when any were stored.
+    """
+
+    code = "step_execution_error"
+
+    def __init__(
+        self, message: str, *, step: str, completed: int = 0, partial_ref: dict[str, Any] | None = None
+    ) -> None:
+        self.step = step
+        self.completed = completed
+        self.partial_ref = partial_ref
+        super().__init__(f"step {step!r}: {message}")
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether retrying the operation that raised ``error`` may succeed.
+
+    Transient LM errors are classified by DSPy's own ``dspy.is_retryable_lm_error``; DSPex errors by
+    their ``retryable`` flag; bad input never is.
+
+    Args:
+        error: The exception to classify.
+    """
+    if isinstance(error, DSPexError):
+        return error.retryable
+    try:
+        from dspy import is_retryable_lm_error
+    except ImportError:  # pragma: no cover - dspy is a hard dependency
+        return False
+    if isinstance(error, Exception) and is_retryable_lm_error(error):
+        return True
+    cause = error.__cause__ or error.__context__
+    return cause is not None and cause is not error and is_retryable(cause)
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task run only for retryable errors.
+
+    Args:
+        task: The Prefect task.
+        task_run: The failed task run.
+        state: Its Failed state; its exception is classified with `is_retryable`.
+    """
+    try:
+        state.result()
+    except Exception as exc:  # the state's own exception, re-raised by Prefect
+        return is_retryable(exc)
+    return False

@@ -1,0 +1,208 @@
+"""DSPex settings, read from ``DSPEX_*`` environment variables (and a ``.env`` file).
+
+Every tunable lives here, described; nothing reads ``os.environ`` at import time. ``get_settings()``
+builds a fresh `Settings` each call, so a changed environment (a test, a worker started with other
+variables) is always seen; it is cheap (tens of microseconds), but hot paths should take it once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["OFFLINE_LM_MODEL", "Mode", "Settings", "get_settings"]
+
+Mode = Literal["local", "distributed"]
+
+#: The model name of the bundled offline LM (extractive, deterministic, no network).
+OFFLINE_LM_MODEL = "dspex/offline-extractive"
+
+
+class Settings(BaseSettings):
+    """The effective DSPex configuration.
+
+    Paths that are relative are taken from the current working directory, which is what makes the
+    embedded default project-local.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DSPEX_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- where state lives -------------------------------------------------------------------
+    home: Path = Field(
+        default=Path(".dspex"),
+        description="Project-local state folder: Prefect home, payloads, registry file, caches.",
+    )
+    prefect_home: Path | None = Field(
+        default=None,
+        description="PREFECT_HOME for the embedded server; defaults to <home>/prefect. Ignored when "
+        "PREFECT_HOME or PREFECT_API_URL is already set by the user.",
+    )
+
+    # --- execution mode and pools ------------------------------------------------------------
+    mode: Mode = Field(
+        default="local",
+        description="local: pools are in-process bounded executors; distributed: batches go to the "
+        "run-step deployment of each Prefect work pool.",
+    )
+    pool_general_capacity: int = Field(
+        default=8, ge=0, description="Concurrent examples in the general pool."
+    )
+    pool_optimizer_capacity: int = Field(
+        default=2, ge=0, description="Concurrent jobs in the optimizer pool."
+    )
+    pool_gpu_capacity: int = Field(default=4, ge=0, description="Concurrent batches in the gpu pool.")
+    fallback_policy: Literal["general", "fail"] = Field(
+        default="general",
+        description="When a pool cannot take work: 'general' reroutes the step to the general pool "
+        "(logged), 'fail' fails fast with PoolUnavailableError.",
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples per dispatched batch; None chooses it from the duration estimate.",
+    )
+    target_batch_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Automatic batch sizing aims for batches that take about this long, so per-task "
+        "(local) or per-dispatch (distributed) overhead stays small.",
+    )
+    dispatch_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a distributed dispatch polls its flow run (Prefect's default is 5 s).",
+    )
+    dispatch_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="Longest a distributed batch may take before it counts as failed."
+    )
+    worker_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="In distributed mode, how long a batch may wait for a worker before the fallback policy applies.",
+    )
+
+    # --- language model ----------------------------------------------------------------------
+    lm_model: str = Field(
+        default=OFFLINE_LM_MODEL,
+        description=f"LiteLLM model name (e.g. 'openai/gpt-4o-mini'); '{OFFLINE_LM_MODEL}' is the "
+        "bundled offline, extractive, deterministic LM.",
+    )
+    lm_api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
+    lm_api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="Name of the environment variable that holds the LM API key."
+    )
+    lm_api_key_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the LM API key (wins over the env var).",
+    )
+    lm_api_key: SecretStr | None = Field(
+        default=None, description="The LM API key itself (masked everywhere; prefer lm_api_key_env)."
+    )
+    lm_temperature: float | None = Field(
+        default=None, ge=0, description="Sampling temperature; None: model default."
+    )
+    lm_max_tokens: int | None = Field(
+        default=None, ge=1, description="Max output tokens; None: DSPy default."
+    )
+    lm_num_retries: int = Field(
+        default=3, ge=0, description="Retries DSPy itself makes for transient LM errors."
+    )
+    lm_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one LM request.")
+    lm_cache: bool = Field(default=True, description="Whether DSPy caches LM responses.")
+    task_retries: int = Field(
+        default=2, ge=0, description="Prefect retries of a batch that failed with a retryable LM error."
+    )
+    task_retry_delay_seconds: float = Field(
+        default=1.0, ge=0, description="Base delay of the exponential backoff between batch retries."
+    )
+
+    # --- payloads ----------------------------------------------------------------------------
+    payload_url: str | None = Field(
+        default=None,
+        description="fsspec URL where payloads are stored (a local folder, s3://..., gs://...); "
+        "defaults to <home>/payloads. In distributed mode every worker must reach it.",
+    )
+    payload_inline_max_bytes: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Payloads up to this size are inlined (base64) in their PayloadRef instead of stored.",
+    )
+    payload_compression: Literal["none", "zstd", "lz4"] = Field(
+        default="none", description="Compression for Arrow payloads (buffers) and stored MessagePack files."
+    )
+
+    # --- registry ----------------------------------------------------------------------------
+    registry_path: Path | None = Field(
+        default=None,
+        description="JSON file for the registry's learned state; defaults to <home>/registry.json.",
+    )
+    registry_min_samples: int = Field(
+        default=3, ge=1, description="Observed runs needed before a learned estimate replaces the static one."
+    )
+
+    # --- retrieval ---------------------------------------------------------------------------
+    embedding_device: str = Field(
+        default="auto",
+        description="Device for the embedding model: auto (CUDA when present), cpu, cuda, cuda:N.",
+    )
+    embedding_batch_size: int = Field(default=64, ge=1, description="Texts per encode batch.")
+
+    @field_validator("lm_model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    # --- derived paths -----------------------------------------------------------------------
+    @property
+    def resolved_prefect_home(self) -> Path:
+        """The Prefect home the embedded default uses."""
+        return (self.prefect_home or self.home / "prefect").resolve()
+
+    @property
+    def resolved_payload_url(self) -> str:
+        """The payload base URL, a local folder by default."""
+        return self.payload_url or str((self.home / "payloads").resolve())
+
+    @property
+    def resolved_registry_path(self) -> Path:
+        """Where the registry keeps its learned state."""
+        return (self.registry_path or self.home / "registry.json").resolve()
+
+    @property
+    def uses_offline_lm(self) -> bool:
+        """Whether the bundled offline LM is in use."""
+        return self.lm_model == OFFLINE_LM_MODEL
+
+    def pool_capacity(self, pool: str) -> int:
+        """The capacity of a local-mode pool by name."""
+        capacities = {
+            "general": self.pool_general_capacity,
+            "optimizer": self.pool_optimizer_capacity,
+            "gpu": self.pool_gpu_capacity,
+        }
+        return capacities[pool]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective values, JSON-able, with every secret masked."""
+        values = self.model_dump(mode="json")
+        values["lm_api_key"] = "**********" if self.lm_api_key else None
+        values["resolved_prefect_home"] = str(self.resolved_prefect_home)
+        values["resolved_payload_url"] = self.resolved_payload_url
+        values["resolved_registry_path"] = str(self.resolved_registry_path)
+        return values
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, with optional explicit overrides.
+
+    Args:
+        **overrides: Field values that win over the environment.
+    """
+    return Settings(**overrides)
