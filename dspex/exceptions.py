@@ -10,6 +10,7 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── RegistryError
     │   ├── UnknownModuleError (LookupError) ......... no such module; suggests close names
     │   ├── InvalidModuleInfoError (ValueError) ...... a malformed registry record
+    │   ├── RegistryQueryError (ValueError) .......... a bad query argument (input size, pool, context)
     │   └── RegistryPersistenceError ................. the registry file is corrupt or unwritable
     ├── SignatureError (ValueError) .................. a signature string that does not parse
     ├── InputValidationError (ValueError) ............ inputs that do not fit a signature (all fields)
@@ -21,6 +22,8 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     │   ├── PayloadCorruptError ...................... truncated, corrupt, or checksum mismatch
     │   └── PayloadFormatError ....................... an object or file of a kind we do not handle
     ├── PipelineSpecError (ValueError) ............... an invalid pipeline; names the step
+    ├── RetrievalError (ValueError) .................. a bad corpus, query or k for a retriever
+    ├── RetrieverServerError (RuntimeError) .......... a retrieval server failed or answered badly
     ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
     ├── PoolUnavailableError (RuntimeError) .......... a pool that cannot take work (fallback policy)
     ├── DispatchError (RuntimeError) ................. a batch that could not reach a pool and back
@@ -51,6 +54,9 @@ __all__ = [
     "PoolUnavailableError",
     "RegistryError",
     "RegistryPersistenceError",
+    "RegistryQueryError",
+    "RetrievalError",
+    "RetrieverServerError",
     "SandboxUnavailableError",
     "SignatureError",
     "StepExecutionError",
@@ -116,6 +122,12 @@ class InvalidModuleInfoError(RegistryError, ValueError):
     """A registry record that does not validate (bad pool, negative duration, unknown key)."""
 
     code = "invalid_module_info"
+
+
+class RegistryQueryError(RegistryError, ValueError):
+    """A registry query with a bad argument: an unknown input size, pool, category or routing context."""
+
+    code = "registry_query_error"
 
 
 class RegistryPersistenceError(RegistryError):
@@ -224,6 +236,30 @@ class PipelineSpecError(DSPexError, ValueError):
         super().__init__(f"step {step!r}: {message}" if step else message)
 
 
+class RetrievalError(DSPexError, ValueError):
+    """Bad retrieval input: an empty or malformed corpus, a query that is not a string, ``k < 1``."""
+
+    code = "retrieval_error"
+
+
+class RetrieverServerError(DSPexError, RuntimeError):
+    """A retrieval server (ColBERTv2) that could not be reached, failed, or answered malformed data.
+
+    Attributes:
+        url: The server's URL.
+        status: The HTTP status, when there was an answer.
+        retryable: True for connection errors, timeouts, 429 and 5xx answers; False otherwise.
+    """
+
+    code = "retriever_server_error"
+
+    def __init__(self, message: str, *, url: str, status: int | None = None, retryable: bool = False) -> None:
+        self.url = url
+        self.status = status
+        self.retryable = retryable
+        super().__init__(f"{message} [{url}]")
+
+
 class SandboxUnavailableError(DSPexError, RuntimeError):
     """A module that runs generated code, with no sandbox available to run it in."""
 
@@ -280,7 +316,7 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, DSPexError):
         return error.retryable
     try:
-        from dspy import is_retryable_lm_error
+        from dspy.utils.exceptions import is_retryable_lm_error
     except ImportError:  # pragma: no cover - dspy is a hard dependency
         return False
     if isinstance(error, Exception) and is_retryable_lm_error(error):
