@@ -1,0 +1,372 @@
+"""A real OpenAI-compatible HTTP server on loopback, for testing the LM path end to end.
+
+It serves ``POST /v1/chat/completions`` and ``GET /v1/models`` on ``127.0.0.1`` at an ephemeral port
+(stdlib ``ThreadingHTTPServer`` in a daemon thread), answering the way a model would answer DSPy's
+adapters: by default with the offline extractive LM's reply to the same messages
+(`tasks.lm.respond`), or with a scripted responder.
+
+Faults are scripted per request: each chat request takes the next `Fault` from the queue (none left:
+a normal answer). Every request is recorded (method, path, headers, JSON body) so a test can check
+that the ``Authorization`` header arrived; the server itself logs nothing.
+
+    with openai_server() as server:
+        server.enqueue(Fault.rate_limit(retry_after=0), Fault.server_error())
+        lm = dspy.LM("openai/test-model", api_base=server.base_url, api_key="sk-test", cache=False)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+__all__ = ["Fault", "FakeOpenAIServer", "RecordedRequest", "Responder", "openai_server"]
+
+#: Turns the request's ``(role, text)`` messages into the assistant's reply text.
+Responder = Callable[[Sequence[tuple[str, str]]], str]
+
+FaultKind = Literal["status", "slow", "malformed", "disconnect"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What to do to one request instead of answering it normally.
+
+    Attributes:
+        kind: ``status`` (an error response), ``slow`` (answer after a delay), ``malformed`` (200
+            with a body that is not JSON), or ``disconnect`` (close the connection, no response).
+        status: The HTTP status of a ``status`` fault.
+        retry_after: Seconds for a ``Retry-After`` header, if any.
+        delay: Seconds a ``slow`` fault waits before answering.
+        message: The error message in the OpenAI-style error body.
+    """
+
+    kind: FaultKind
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 0.0
+    message: str = "injected fault"
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | None = 0) -> Fault:
+        """A 429 Too Many Requests, with ``Retry-After`` when given."""
+        return cls("status", status=429, retry_after=retry_after, message="Rate limit reached (injected)")
+
+    @classmethod
+    def server_error(cls, retry_after: float | None = None) -> Fault:
+        """A 500 Internal Server Error, with ``Retry-After`` when given."""
+        return cls(
+            "status", status=500, retry_after=retry_after, message="The server had an error (injected)"
+        )
+
+    @classmethod
+    def unavailable(cls, retry_after: float | None = None) -> Fault:
+        """A 503 Service Unavailable."""
+        return cls("status", status=503, retry_after=retry_after, message="Service unavailable (injected)")
+
+    @classmethod
+    def error(cls, status: int, message: str = "injected fault") -> Fault:
+        """Any error status (400, 401, 404...)."""
+        return cls("status", status=status, message=message)
+
+    @classmethod
+    def slow(cls, delay: float) -> Fault:
+        """Answer normally, but only after ``delay`` seconds (beyond a client's timeout)."""
+        return cls("slow", delay=delay)
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """A 200 response whose body is not JSON."""
+        return cls("malformed", status=200)
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Close the connection without any response."""
+        return cls("disconnect")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request the server received.
+
+    Attributes:
+        method: ``GET`` or ``POST``.
+        path: The request path.
+        headers: The request headers, names lower-cased.
+        body: The decoded JSON body (None when there was none or it was not JSON).
+        fault: The fault applied to it, if any.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    fault: Fault | None = None
+
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        """The chat messages as ``(role, text)`` pairs."""
+        if not isinstance(self.body, Mapping):
+            return []
+        return [
+            (str(m.get("role", "")), _content_text(m.get("content"))) for m in self.body.get("messages", [])
+        ]
+
+
+@dataclass
+class FakeOpenAIServer:
+    """The server; use `openai_server` (or the ``openai_server`` fixture) to run one.
+
+    Attributes:
+        model: The model id ``/v1/models`` lists (requests may name any model).
+        responder: Produces the reply text; None uses the offline extractive LM's reply.
+    """
+
+    model: str = "test-model"
+    responder: Responder | None = None
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _faults: deque[Fault] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _httpd: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+    _counter: int = 0
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (without ``/v1``)."""
+        if self._httpd is None:
+            raise RuntimeError("the server is not running")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL: ``url + "/v1"`` (what ``api_base`` takes)."""
+        return f"{self.url}/v1"
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The recorded ``POST .../chat/completions`` requests."""
+        with self._lock:
+            return [r for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")]
+
+    @property
+    def pending_faults(self) -> int:
+        """Faults still queued."""
+        with self._lock:
+            return len(self._faults)
+
+    def enqueue(self, *faults: Fault) -> None:
+        """Queue faults; each chat request takes the next one."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued faults."""
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+
+    def start(self) -> FakeOpenAIServer:
+        """Start serving on 127.0.0.1 at an ephemeral port."""
+        handler = type("_BoundHandler", (_Handler,), {"server_state": self})
+        self._stopping.clear()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; requests sleeping in a ``slow`` fault are released."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    # --- request handling (called from handler threads) ---------------------------------------
+    def _take_fault(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> Fault | None:
+        with self._lock:
+            is_chat = method == "POST" and path.endswith("/chat/completions")
+            fault = self._faults.popleft() if is_chat and self._faults else None
+            self.requests.append(RecordedRequest(method, path, dict(headers), body, fault))
+            self._counter += 1
+            return fault
+
+    def _reply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        messages = [
+            (str(m.get("role", "")), _content_text(m.get("content"))) for m in body.get("messages", [])
+        ]
+        if self.responder is not None:
+            text = self.responder(messages)
+        else:
+            from tasks.lm.offline import respond
+
+            system = "\n".join(t for r, t in messages if r in ("system", "developer")) or None
+            text = respond(system, [(r, t) for r, t in messages if r not in ("system", "developer")])
+        with self._lock:
+            number = self._counter
+        prompt_words = sum(len(t.split()) for _, t in messages)
+        completion_words = len(text.split())
+        return {
+            "id": f"chatcmpl-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model") or self.model),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": completion_words,
+                "total_tokens": prompt_words + completion_words,
+            },
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_state: FakeOpenAIServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silent on purpose: request logs would go to stderr, and tests assert nothing leaks.
+        return
+
+    def do_GET(self) -> None:
+        self.server_state._take_fault("GET", self.path, self._headers(), None)
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            model = self.server_state.model
+            self._send_json(
+                200, {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "dspex-tests"}]}
+            )
+        else:
+            self._send_error_body(404, f"no route GET {self.path}", "not_found")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = None
+        fault = self.server_state._take_fault("POST", self.path, self._headers(), body)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_error_body(404, f"no route POST {self.path}", "not_found")
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._send_error_body(
+                400, "the body must be a JSON object with a 'messages' list", "invalid_request_error"
+            )
+            return
+        if fault is not None and self._apply(fault):
+            return
+        reply = self.server_state._reply(body)
+        if body.get("stream"):
+            self._send_stream(reply)
+        else:
+            self._send_json(200, reply)
+
+    def _apply(self, fault: Fault) -> bool:
+        """Apply a fault; True when it replaced the answer."""
+        if fault.kind == "slow":
+            self.server_state._stopping.wait(fault.delay)
+            return False
+        if fault.kind == "malformed":
+            self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
+            return True
+        if fault.kind == "disconnect":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return True
+        kind = {429: "rate_limit_error", 401: "authentication_error"}.get(fault.status, "server_error")
+        extra = {"Retry-After": _seconds(fault.retry_after)} if fault.retry_after is not None else {}
+        self._send_error_body(fault.status, fault.message, kind, extra)
+        return True
+
+    def _headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
+    def _send_error_body(
+        self, status: int, message: str, kind: str, extra: Mapping[str, str] | None = None
+    ) -> None:
+        body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+        self._send_json(status, body, extra)
+
+    def _send_json(self, status: int, body: Any, extra: Mapping[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(body).encode(), "application/json", extra)
+
+    def _send_raw(
+        self, status: int, data: bytes, content_type: str, extra: Mapping[str, str] | None = None
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (a timeout test); nothing is left to answer.
+            self.close_connection = True
+
+    def _send_stream(self, reply: Mapping[str, Any]) -> None:
+        text = reply["choices"][0]["message"]["content"]
+        base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        chunks = [
+            base
+            | {
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+                ]
+            },
+            base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": reply["usage"]},
+        ]
+        data = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+        self._send_raw(200, data, "text/event-stream")
+
+
+@contextmanager
+def openai_server(
+    *, model: str = "test-model", responder: Responder | None = None, faults: Sequence[Fault] = ()
+) -> Iterator[FakeOpenAIServer]:
+    """Run a `FakeOpenAIServer` for the duration of a ``with`` block.
+
+    Args:
+        model: The model id ``/v1/models`` lists.
+        responder: Reply text from ``(role, text)`` messages; None answers like the offline LM.
+        faults: Faults to queue before the first request.
+    """
+    server = FakeOpenAIServer(model=model, responder=responder)
+    server.enqueue(*faults)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return ""
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
