@@ -15,6 +15,9 @@ What it sets, and why:
   that is already persisted. A user's own server keeps its normal logging.
 * ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90``: the embedded server takes 5-13 s to start
   on two cores, and more under load; Prefect's 20 s default fails spuriously in CI.
+* ``PREFECT_LOGGING_EXTRA_LOGGERS``: DSPex's loggers (routing decisions, fallbacks, the LM in use)
+  reach the flow run's logs in the UI.
+* ``LITELLM_LOCAL_MODEL_COST_MAP=true``: no network fetch of LiteLLM's cost map (no network here).
 * Flow-run heartbeats off for the embedded server: a sync flow joins its heartbeat thread at exit,
   which costs ~1 s per flow run (0.27 s without, measured); heartbeats detect crashed runs, and an
   embedded server dies with its process anyway. Against a real server they stay on.
@@ -32,6 +35,12 @@ __all__ = ["configure_prefect", "embedded"]
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # DSPex's own loggers (routing decisions, fallbacks) go to the flow run's logs in the UI.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "dspex,tasks,flows,registry,deployments",
+    # ...and outside a flow run (the CLI, plain function calls) they just log locally.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # LiteLLM (under dspy.LM) otherwise fetches its model cost map over the network at import.
+    "LITELLM_LOCAL_MODEL_COST_MAP": "true",
 }
 
 

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Base delay of the exponential backoff between batch retries."
     )
 
+    trusted_import_roots: list[str] = Field(
+        default_factory=list,
+        description="Top-level packages whose 'pkg.mod:attr' import paths specs may name for tools, "
+        'reward functions and user programs (JSON list, e.g. ["my_project"]).',
+    )
+
     # --- payloads ----------------------------------------------------------------------------
     payload_url: str | None = Field(
         default=None,
@@ -151,6 +157,17 @@ class Settings(BaseSettings):
         description="Device for the embedding model: auto (CUDA when present), cpu, cuda, cuda:N.",
     )
     embedding_batch_size: int = Field(default=64, ge=1, description="Texts per encode batch.")
+    retrieval_index_cache_size: int = Field(
+        default=8,
+        ge=0,
+        description="Corpus indexes (embedding matrices) kept in memory per process, least recently "
+        "used evicted first; 0 keeps none.",
+    )
+    retrieval_disk_cache: bool = Field(
+        default=True,
+        description="Whether corpus embedding matrices are also cached as .npy files under "
+        "<home>/indexes, keyed by content hash, so a new process does not re-encode a known corpus.",
+    )
 
     @field_validator("lm_model")
     @classmethod

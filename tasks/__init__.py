@@ -6,4 +6,6 @@ imported from there (``from tasks.signatures import parse_signature``); this pac
 heavy on its own.
 """
 
+import dspex.bootstrap  # noqa: F401  (defaults the Prefect and LiteLLM environment before they load)
+
 __all__: list[str] = []

@@ -6,13 +6,16 @@ own ``.dspex`` folder or ``~/.prefect``.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="dspex-tests-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 for _key in [k for k in os.environ if k.startswith("DSPEX_")]:
     del os.environ[_key]
 os.environ.pop("PREFECT_API_URL", None)
@@ -63,3 +66,13 @@ def _isolate_dspy_settings() -> Iterator[None]:
     yield
     dspy_settings.main_thread_config.clear()
     dspy_settings.main_thread_config.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_registry() -> Iterator[None]:
+    """Learned estimates of one test never leak into another (the default registry is lazy)."""
+    yield
+    import sys
+
+    if "registry" in sys.modules:
+        sys.modules["registry"].reset_default_registry()

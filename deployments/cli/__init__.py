@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deployments.cli.registry import app as registry_app
 from dspex.settings import get_settings
 
 __all__ = ["app", "main"]
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+app.add_typer(registry_app, name="registry")
 
 
 @app.command("settings")
@@ -36,6 +38,16 @@ def settings_command(
     for key in sorted(values):
         table.add_row(key, "" if values[key] is None else str(values[key]))
     console.print(table)
+
+
+def _register_commands() -> None:
+    from deployments.cli import demo, distributed
+
+    demo.register(app)
+    distributed.register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

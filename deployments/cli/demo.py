@@ -1,0 +1,128 @@
+"""``dspex demo``, ``dspex run`` and ``dspex ui``: run pipelines from the terminal, then look at them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["demo", "register", "run", "ui"]
+
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _duration_table(records: list[Any]) -> Table:
+    from flows.artifacts import duration_rows
+
+    rows = duration_rows(records)
+    table = Table(title="Estimated vs actual durations (artifact 'duration-estimates')")
+    for column in ("step", "pool", "rows", "batches", "estimated ms", "actual ms", "error %", "estimate"):
+        table.add_column(column, justify="right" if column not in ("step", "pool", "estimate") else "left")
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[c])
+                for c in (
+                    "step",
+                    "pool",
+                    "rows",
+                    "batches",
+                    "estimated ms",
+                    "actual ms",
+                    "error %",
+                    "estimate",
+                )
+            )
+        )
+    return table
+
+
+def _where_to_look() -> None:
+    from dspex.bootstrap import embedded
+
+    if embedded():
+        console.print(
+            "Artifacts and runs are stored in the project's Prefect database "
+            f"([bold]{os.environ.get('PREFECT_HOME')}[/bold]).\n"
+            "See them in the Prefect UI: [bold]dspex ui[/bold], then open "
+            "http://127.0.0.1:4200/artifacts (the table 'duration-estimates', 'rag-qa-scores')."
+        )
+    else:
+        url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+        console.print(f"Artifacts: {url}/artifacts (key 'duration-estimates', 'rag-qa-scores').")
+
+
+def demo(
+    limit: int | None = typer.Option(None, help="Only the first N questions."),
+    k: int = typer.Option(3, help="Passages retrieved per question."),
+) -> None:
+    """Run the demo: retrieval-augmented QA over the bundled corpus, scored, on the embedded Prefect."""
+    from flows.rag import rag_qa
+
+    console.print(
+        "[bold]DSPex demo[/bold]: retrieve (gpu pool) -> ChainOfThought (general pool) -> EM/F1 (native)"
+    )
+    result = rag_qa(limit=limit, k=k)
+    lm = result.lm
+    console.print(_duration_table(result.pipeline.summary.steps))
+    label = (
+        " (offline, extractive, deterministic; set DSPEX_LM_MODEL for a real model)"
+        if lm.get("offline")
+        else ""
+    )
+    console.print(f"LM: [bold]{lm.get('model')}[/bold]{label}")
+    console.print(
+        f"Scores over {result.questions} questions: exact match [bold]{result.exact_match:.3f}[/bold], "
+        f"F1 [bold]{result.f1:.3f}[/bold], failed {result.failed}"
+    )
+    console.print(f"Output rows: {result.pipeline.output.uri}")
+    _where_to_look()
+
+
+def run(
+    spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline spec (JSON or YAML)."),
+    data: str = typer.Argument(..., help="Dataset path or URL (JSONL, CSV, Parquet)."),
+    mode: str | None = typer.Option(None, help="local or distributed (default: DSPEX_MODE)."),
+    continue_on_error: bool | None = typer.Option(None, "--continue-on-error/--fail-fast"),
+) -> None:
+    """Run a pipeline spec file over a dataset."""
+    import yaml
+
+    from flows import PipelineSpec, run_pipeline
+
+    text = spec_file.read_text(encoding="utf-8")
+    raw = yaml.safe_load(text) if spec_file.suffix in {".yaml", ".yml"} else json.loads(text)
+    spec = PipelineSpec.model_validate(raw)
+    result = run_pipeline(spec, data=data, mode=mode, continue_on_error=continue_on_error)  # type: ignore[arg-type]
+    console.print(_duration_table(result.summary.steps))
+    console.print(
+        f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed; "
+        f"output: {result.output.uri}"
+    )
+    _where_to_look()
+
+
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(4200, help="Port."),
+) -> None:
+    """Start the Prefect UI and API on this project's Prefect database (Ctrl+C stops it)."""
+    env = dict(os.environ)
+    console.print(f"Prefect UI: http://{host}:{port} (database under {env.get('PREFECT_HOME')})")
+    prefect = Path(sys.executable).with_name("prefect")
+    command = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
+    raise SystemExit(subprocess.call(command, env=env))  # noqa: S603 (our own venv's prefect)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the CLI."""
+    app.command("demo")(demo)
+    app.command("run")(run)
+    app.command("ui")(ui)

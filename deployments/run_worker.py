@@ -1,0 +1,60 @@
+"""Process entry of ``dspex worker``: ``python -m deployments.run_worker --pool NAME [...]``.
+
+``dspex worker`` computes the worker's environment (`deployments.worker.worker_environment`) and
+replaces itself with this module, so variables read at import time (``DSPY_CACHEDIR``, Prefect's
+settings) are in place before DSPy or Prefect load, and the worker keeps the command's process id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
+
+__all__ = ["main", "start_worker"]
+
+
+def _disable_flow_heartbeats() -> None:
+    # A sync flow joins its heartbeat thread when it ends (~1 s per run, DESIGN.md). A dspex worker's
+    # runs are watched through the *worker's* heartbeats by the dispatcher, so flow heartbeats only
+    # cost. Prefect's setting cannot be None from the environment, hence the root-context copy.
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    root = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    settings = root.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
+        profile=root.profile, settings=settings
+    )
+
+
+async def start_worker(pool: str, name: str, worker_type: str, limit: int | None) -> None:
+    """Run a worker of ``worker_type`` (``dspex`` or ``process``) on ``pool`` until it is stopped."""
+    if worker_type == "dspex":
+        from deployments.worker import DSPexWorker
+
+        _disable_flow_heartbeats()
+        worker: object = DSPexWorker(pool, name=name, limit=limit, create_pool_if_not_found=False)
+    else:
+        from prefect.workers.process import ProcessWorker
+
+        worker = ProcessWorker(pool, name=name, limit=limit, create_pool_if_not_found=False)
+    await worker.start()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and run the worker."""
+    parser = argparse.ArgumentParser(prog="dspex-worker")
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--type", dest="worker_type", choices=("dspex", "process"), default="dspex")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground worker is stopped
+        asyncio.run(start_worker(args.pool, args.name, args.worker_type, args.limit))
+
+
+if __name__ == "__main__":
+    main()

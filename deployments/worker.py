@@ -1,0 +1,222 @@
+"""The ``dspex`` worker type: a Prefect worker that runs flow runs warm, in its own process.
+
+Prefect's process worker starts a fresh Python for every flow run; importing Prefect, DSPy and LiteLLM
+costs seconds, more than a small batch's work. `DSPexWorker` (worker type ``"dspex"``) instead loads a
+deployment's flow from its entrypoint once, keeps it, and runs each flow run in a thread of the
+worker process with Prefect's own flow engine (``prefect.flow_engine.run_flow`` given the flow run),
+so states, logs, retries and results are reported exactly as in any other run. Caches stay warm
+between runs too: built modules, the retrieval index, the DSPy cache.
+
+The trade-off is isolation: flow runs share the worker's process and environment (set once when it
+starts, see `worker_environment`), and the flow code must be importable there (the worker runs from
+the project's checkout, or with the project installed). The plain alternative, one process per run,
+is ``prefect worker start --pool NAME --type process`` on a pool created with ``--type process``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+
+from dspex.exceptions import ConfigurationError
+from dspex.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import Flow
+
+__all__ = [
+    "DSPexJobConfiguration",
+    "DSPexVariables",
+    "DSPexWorker",
+    "DSPexWorkerResult",
+    "WorkerOptions",
+    "load_entrypoint",
+    "worker_environment",
+]
+
+
+class DSPexJobConfiguration(BaseJobConfiguration):
+    """Job configuration of a dspex pool (the base fields: env, labels, name; runs share the process)."""
+
+
+class DSPexVariables(BaseVariables):
+    """Job variables of a dspex pool (the base ones)."""
+
+
+class DSPexWorkerResult(BaseWorkerResult):
+    """The outcome of one flow run on a dspex worker (status 0 unless the engine itself crashed)."""
+
+
+def load_entrypoint(entrypoint: str) -> Flow[..., Any]:
+    """Import the flow an entrypoint names, as a module import so module state is shared.
+
+    ``flows/step_runner.py:run_step`` and ``flows.step_runner:run_step`` both import
+    ``flows.step_runner`` (a path is turned into a module name), so the flow and its module's caches
+    are the very objects the rest of the worker process uses.
+
+    Raises:
+        ConfigurationError: The entrypoint is malformed, cannot be imported, or is not a flow.
+    """
+    from prefect.flows import Flow
+
+    module_part, sep, attr = entrypoint.partition(":")
+    if not sep or not module_part or not attr:
+        raise ConfigurationError(
+            f"flow entrypoint {entrypoint!r} must look like 'path/to/file.py:flow_function'"
+        )
+    if module_part.endswith(".py"):
+        module_part = Path(module_part).with_suffix("").as_posix().strip("/").replace("/", ".")
+    try:
+        module = importlib.import_module(module_part)
+        found = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load flow entrypoint {entrypoint!r}: {exc}") from exc
+    if not isinstance(found, Flow):
+        raise ConfigurationError(f"entrypoint {entrypoint!r} is a {type(found).__name__}, not a Prefect flow")
+    return found
+
+
+class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerResult]):
+    """A Prefect worker that runs each flow run in a thread of its own, warm, process.
+
+    Args:
+        work_pool_name: The pool to poll.
+        limit: Most flow runs at once in this worker (threads); default 8.
+        **kwargs: Passed to ``prefect.workers.base.BaseWorker``.
+    """
+
+    type = "dspex"
+    job_configuration = DSPexJobConfiguration
+    job_configuration_variables = DSPexVariables
+    _description = "Runs DSPex flow runs in threads of a warm worker process (fast dispatch)."
+    _display_name = "DSPex (warm process)"
+    _documentation_url = "https://github.com/dspex/dspex-prefect/blob/main/docs/deployment.md"
+
+    def __init__(self, work_pool_name: str, limit: int | None = 8, **kwargs: Any) -> None:
+        super().__init__(work_pool_name, limit=limit, **kwargs)
+        self._flows: dict[str, Flow[..., Any]] = {}
+        self._flows_lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(max_workers=max(limit or 8, 1), thread_name_prefix="dspex-run")
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Stop the run threads after the base worker's own cleanup."""
+        await super().teardown(*exc_info)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
+        if flow_run.deployment_id is None:
+            raise ConfigurationError(
+                f"flow run {flow_run.id} has no deployment; a worker only runs deployments"
+            )
+        deployment = await self.client.read_deployment(flow_run.deployment_id)
+        if not deployment.entrypoint:
+            raise ConfigurationError(f"deployment {deployment.name!r} has no entrypoint")
+        with self._flows_lock:
+            cached = self._flows.get(deployment.entrypoint)
+        if cached is None:
+            cached = load_entrypoint(deployment.entrypoint)
+            with self._flows_lock:
+                self._flows[deployment.entrypoint] = cached
+        return cached
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: DSPexJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> DSPexWorkerResult:
+        """Run ``flow_run`` in a thread of this process and wait for it.
+
+        The engine reports the run's states itself; a non-zero status only means the engine could not
+        run at all (the worker then marks the run CRASHED).
+        """
+        flow = await self._flow_for(flow_run)
+        if task_status is not None:
+            task_status.started(os.getpid())
+        loop = asyncio.get_running_loop()
+        # A fresh context: the run must not inherit the worker loop's client or settings contexts.
+        status = await loop.run_in_executor(
+            self._threads, contextvars.Context().run, _run_flow_run, flow, flow_run
+        )
+        return DSPexWorkerResult(identifier=str(flow_run.id), status_code=status)
+
+
+def _run_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> int:
+    from prefect.flow_engine import run_flow
+
+    try:
+        run_flow(flow, flow_run=flow_run, return_type="state")
+    except Exception:  # the engine failed outside the flow (it logged why): the worker crashes the run
+        return 1
+    return 0
+
+
+class WorkerOptions:
+    """The environment one worker process runs with (see `worker_environment`).
+
+    Args:
+        pool: The pool it serves.
+        name: The worker's name (unique per machine; used for its DSPy cache folder).
+        query_seconds: How often it asks the server for runs (Prefect's default is 15 s).
+        heartbeat_seconds: How often it heartbeats (a dead worker is noticed after three misses).
+        gpus: ``CUDA_VISIBLE_DEVICES`` for a gpu worker; None passes the caller's value through.
+    """
+
+    def __init__(
+        self,
+        pool: str,
+        name: str,
+        *,
+        query_seconds: float = 0.5,
+        heartbeat_seconds: int = 5,
+        gpus: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.name = name
+        self.query_seconds = query_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.gpus = gpus
+
+
+def worker_environment(
+    options: WorkerOptions, settings: Settings, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment variables a worker for ``options.pool`` sets before it starts.
+
+    * ``DSPY_CACHEDIR``: a folder per worker under ``<DSPEX_HOME>/dspy-cache`` (DSPy's disk cache
+      locks under concurrent processes and ignores ``api_base`` in its key; DESIGN.md);
+    * ``CUDA_VISIBLE_DEVICES``: passed through (or ``options.gpus``) for the gpu pool, empty for the
+      other pools so they never take a GPU from it;
+    * ``PREFECT_WORKER_QUERY_SECONDS`` / ``PREFECT_WORKER_HEARTBEAT_SECONDS``: fast pick-up, and a dead
+      worker noticed in seconds;
+    * ``DSPEX_MODE=local``: a run-step on a worker runs its batch locally, it never dispatches again.
+
+    Args:
+        options: The worker's options.
+        settings: The worker's settings.
+        base: The current environment (default ``os.environ``); values in it are kept unless listed above.
+    """
+    env = dict(os.environ if base is None else base)
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in options.name)
+    cache = (settings.home / "dspy-cache" / f"{options.pool}-{safe_name}").resolve()
+    env["DSPY_CACHEDIR"] = str(cache)
+    if options.pool == "gpu":
+        if options.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = options.gpus
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    env["PREFECT_WORKER_QUERY_SECONDS"] = str(options.query_seconds)
+    env["PREFECT_WORKER_HEARTBEAT_SECONDS"] = str(options.heartbeat_seconds)
+    env["DSPEX_MODE"] = "local"
+    return env

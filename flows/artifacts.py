@@ -1,0 +1,109 @@
+"""Prefect artifacts of a pipeline run: estimated versus actual durations, a summary, progress.
+
+The duration table's key, ``duration-estimates``, is stable across runs, so Prefect keeps its
+history (the Artifacts page shows every version); the summary is keyed by pipeline name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+__all__ = [
+    "DURATION_ARTIFACT_KEY",
+    "duration_rows",
+    "progress_reporter",
+    "summary_key",
+    "write_duration_artifact",
+    "write_summary_artifact",
+]
+
+DURATION_ARTIFACT_KEY = "duration-estimates"
+
+
+def summary_key(pipeline: str) -> str:
+    """The summary artifact's key for a pipeline (Prefect keys: lowercase letters, digits, dashes)."""
+    return "pipeline-summary-" + re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-")
+
+
+def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """The duration table: one row per executed step."""
+    return [
+        {
+            "step": r.step,
+            "kind": r.kind,
+            "module": r.module or "-",
+            "pool": r.pool,
+            "batch size": r.batch_size,
+            "batches": r.batches,
+            "rows": r.rows,
+            "failed": r.failed,
+            "estimated ms": r.estimated_ms if r.estimated_ms is not None else "-",
+            "actual ms": r.actual_ms,
+            "error %": r.error_pct if r.error_pct is not None else "-",
+            "estimate": r.estimate_source,
+        }
+        for r in records
+    ]
+
+
+def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> Any:
+    """Create the ``duration-estimates`` table artifact for this run."""
+    return create_table_artifact(
+        key=DURATION_ARTIFACT_KEY,
+        table=duration_rows(records),
+        description=f"Estimated vs actual step durations of pipeline '{pipeline}' (LM: {lm_name}). "
+        "Static estimates come from the registry catalogue; learned ones from earlier runs.",
+    )
+
+
+def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any], output_uri: str) -> Any:
+    """Create the markdown summary artifact (totals, failures, routing reasons)."""
+    estimated = sum(r.estimated_ms or 0 for r in records if r.estimate_source != "none")
+    actual = sum(r.actual_ms for r in records if r.estimate_source != "none")
+    lines = [
+        f"# Pipeline `{summary.pipeline}`",
+        "",
+        f"- LM: `{lm.get('model')}`" + (" (offline, extractive, deterministic)" if lm.get("offline") else ""),
+        f"- rows in: **{summary.rows_in}**, completed: **{summary.rows_out}**, failed: **{summary.failed}**",
+        f"- routed steps: estimated **{estimated:.0f} ms**, actual **{actual:.0f} ms**",
+        f"- wall time: **{summary.wall_ms:.0f} ms**",
+        f"- output payload: `{output_uri}`",
+        "",
+        "| step | pool | why |",
+        "|---|---|---|",
+        *[f"| {r.step} | {r.pool} | {r.reason} |" for r in records],
+    ]
+    if summary.failures:
+        lines += ["", "## Failed rows (first 20)", "", "| row | step | error |", "|---|---|---|"]
+        lines += [
+            f"| {f.row} | {f.step} | {f.type}: {f.message[:120].replace('|', '/')} |"
+            for f in summary.failures[:20]
+        ]
+    return create_markdown_artifact(
+        key=summary_key(summary.pipeline), markdown="\n".join(lines), description="Pipeline run summary"
+    )
+
+
+def progress_reporter(pipeline: str) -> Callable[[float], None]:
+    """Create a progress artifact and return a callback that updates it (0.0 to 1.0)."""
+    artifact_id = create_progress_artifact(
+        progress=0.0, key=f"progress-{summary_key(pipeline)[17:]}", description="Batches done"
+    )
+    last = [0.0]
+
+    def report(fraction: float) -> None:
+        percent = round(fraction * 100, 1)
+        if (artifact_id is not None and percent - last[0] >= 5) or percent >= 100:
+            last[0] = percent
+            update_progress_artifact(artifact_id=artifact_id, progress=percent)  # type: ignore[arg-type]
+
+    return report

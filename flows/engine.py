@@ -1,0 +1,559 @@
+"""The pipeline engine: runs a spec's steps over rows, routing module and retrieve steps to pools.
+
+Rows are dicts that each step extends. A row that fails gets an ``_error`` (step, type, message),
+is skipped by later steps, and stays in the output, so nothing computed is lost. Module steps are
+cut into batches (one Prefect task run each) that run concurrently on their pool; native steps run
+inline in the flow; parallel, conditional and map steps recurse. Every routed step leaves a
+`StepRecord` (estimate versus actual) that the flow turns into artifacts and feeds back into the
+registry's learned estimates.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict
+
+from dspex.exceptions import DSPexError
+from dspex.settings import Settings
+from flows.pools import get_local_pool
+from flows.router import RouteDecision, route_step
+from flows.spec import ConditionalStep, MapStep, ModuleStep, NativeStep, ParallelStep, RetrieveStep
+from tasks.batch import BatchResult, RowError, run_module_batch
+from tasks.rows import get_field, set_field
+
+__all__ = ["ERROR_FIELD", "EngineContext", "StepRecord", "batch_key", "check_pools", "run_steps"]
+
+ERROR_FIELD = "_error"
+logger = logging.getLogger(__name__)
+
+
+class StepRecord(BaseModel):
+    """Estimate versus actual for one executed step (one row of the duration artifact)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    kind: str
+    module: str = ""
+    pool: str = "inline"
+    batch_size: int = 0
+    batches: int = 0
+    rows: int = 0
+    failed: int = 0
+    estimated_ms: float | None = None
+    actual_ms: float = 0.0
+    error_pct: float | None = None
+    estimate_source: Literal["static", "learned", "none"] = "none"
+    reason: str = "native steps run inline in the flow"
+    reused_rows: int = 0
+
+
+@dataclass
+class EngineContext:
+    """What the engine needs while it runs one pipeline.
+
+    Attributes:
+        settings: Effective settings.
+        lm: The DSPy LM (None: built from settings inside each task).
+        lm_key: A stable description of the LM, part of each batch key.
+        continue_on_error: Whether failed rows let the pipeline go on.
+        dispatch: Sends a module batch somewhere and returns its result; local by default.
+        on_progress: Called with the fraction of routed batches done.
+        records: Step records, in execution order.
+    """
+
+    settings: Settings
+    lm: Any
+    lm_key: str
+    continue_on_error: bool
+    dispatch: Callable[..., BatchResult] | None = None
+    on_progress: Callable[[float], None] | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    stop: bool = False
+    batches_total: int = 0
+    batches_done: int = 0
+
+    def availability(self, pool: str) -> tuple[bool, str]:
+        """Whether a pool can take work (local pools; distributed mode overrides via dispatch)."""
+        remote = getattr(self.dispatch, "availability", None)
+        if remote is not None:  # distributed mode: live workers of the Prefect work pool
+            result: tuple[bool, str] = remote(pool)
+            return result
+        return get_local_pool(pool, self.settings).availability()
+
+
+def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) -> list[dict[str, Any]]:
+    """Run ``steps`` in order over ``rows`` (modified in place and returned)."""
+    for step in steps:
+        if ctx.stop:
+            break
+        active = [i for i, row in enumerate(rows) if ERROR_FIELD not in row]
+        if not active:
+            break
+        start = time.perf_counter()
+        if isinstance(step, ModuleStep):
+            _module_step(step, rows, active, ctx)
+        elif isinstance(step, RetrieveStep):
+            _retrieve_step(step, rows, active, ctx)
+        elif isinstance(step, NativeStep):
+            _native_step(step, rows, active)
+            _record_inline(step, rows, active, start, ctx)
+        elif isinstance(step, ParallelStep):
+            _parallel_step(step, rows, active, ctx)
+        elif isinstance(step, ConditionalStep):
+            _conditional_step(step, rows, active, ctx)
+        elif isinstance(step, MapStep):
+            _map_step(step, rows, active, ctx)
+        if not ctx.continue_on_error and any(ERROR_FIELD in rows[i] for i in active):
+            ctx.stop = True
+    return rows
+
+
+def _log(message: str, *args: Any) -> None:
+    """Log to the flow run (shown in the UI) when inside one, else to this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().info(message, *args)
+    except MissingContextError:
+        logger.info(message, *args)
+
+
+def _fail(row: dict[str, Any], step: str | None, error: RowError | BaseException) -> None:
+    if isinstance(error, RowError):
+        row[ERROR_FIELD] = {"step": step, "type": error.type, "message": error.message}
+    else:
+        row[ERROR_FIELD] = {"step": step, "type": type(error).__name__, "message": str(error)}
+
+
+def _record_inline(
+    step: Any, rows: list[dict[str, Any]], active: list[int], start: float, ctx: EngineContext
+) -> None:
+    ctx.records.append(
+        StepRecord(
+            step=step.name,
+            kind=step.kind,
+            rows=len(active),
+            failed=sum(ERROR_FIELD in rows[i] for i in active),
+            actual_ms=round((time.perf_counter() - start) * 1000, 1),
+        )
+    )
+
+
+# --- module steps -------------------------------------------------------------------------------
+
+
+def batch_key(step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], lm_key: str) -> str:
+    """Identity of a batch: the step's configuration, the inputs it reads, and the LM."""
+    config = step.model_dump(mode="json", exclude={"name", "batch_size", "pool"})
+    retrieve = {getattr(step, "retrieve", "")} - {""}
+    reads = sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()) | retrieve)
+    inputs = [{f: get_field(row, f, None) for f in reads} for row in rows]
+    blob = json.dumps([config, inputs, lm_key], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _module_step(
+    step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
+) -> None:
+    decision = route_step(step, len(active), ctx.settings, ctx.availability)
+    _log(
+        "route %s: %s (%d rows, %d batches of %d)",
+        step.name,
+        decision.reason,
+        len(active),
+        decision.batches,
+        decision.batch_size,
+    )
+    chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
+    ctx.batches_total += len(chunks)
+    start = time.perf_counter()
+    results = _dispatch_batches(step, rows, chunks, decision, ctx)
+    actual_ms = (time.perf_counter() - start) * 1000
+    latencies: list[float] = []
+    reused = 0
+    pool = get_local_pool(decision.pool, ctx.settings)
+    for chunk, result in zip(chunks, results, strict=True):
+        if isinstance(result, BaseException):
+            pool.breaker.record_failure()
+            for i in chunk:
+                _fail(rows[i], step.name, result)
+            continue
+        pool.breaker.record_success()
+        reused += result.reused
+        for i, output, error, latency in zip(
+            chunk, result.outputs, result.errors, result.latencies_ms, strict=True
+        ):
+            if error is not None:
+                _fail(rows[i], step.name, error)
+            elif output is not None:
+                for key, value in output.items():
+                    set_field(rows[i], key, value)
+                if latency > 0:
+                    latencies.append(latency)
+    _learn(decision, latencies, results)
+    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused))
+
+
+def _dispatch_batches(
+    step: ModuleStep | RetrieveStep,
+    rows: list[dict[str, Any]],
+    chunks: list[list[int]],
+    decision: RouteDecision,
+    ctx: EngineContext,
+) -> list[BatchResult | BaseException]:
+    retries = ctx.settings.task_retries
+    if ctx.dispatch is not None:
+        return _dispatch_remote(step, rows, chunks, decision, ctx)
+    pool = get_local_pool(decision.pool, ctx.settings)
+    task = run_module_batch.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=ctx.settings.task_retry_delay_seconds)(retries)
+        if retries
+        else 0,
+    )
+    futures = []
+    for n, chunk in enumerate(chunks):
+        batch_rows = [rows[i] for i in chunk]
+        futures.append(
+            task.with_options(task_run_name=f"{step.name}-batch-{n}").submit(
+                step,
+                batch_rows,
+                submit=pool.submit,
+                lm=ctx.lm,
+                batch_key=batch_key(step, batch_rows, ctx.lm_key),
+                retries=retries,
+                timeout_s=decision.timeout_s,
+            )
+        )
+    results: list[BatchResult | BaseException] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # a whole batch failed: its rows are reported, the rest go on
+            logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
+            results.append(exc)
+        _progress(ctx)
+    return results
+
+
+def _dispatch_remote(
+    step: ModuleStep | RetrieveStep,
+    rows: list[dict[str, Any]],
+    chunks: list[list[int]],
+    decision: RouteDecision,
+    ctx: EngineContext,
+) -> list[BatchResult | BaseException]:
+    assert ctx.dispatch is not None
+    dispatch = ctx.dispatch
+    parent = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=max(len(chunks), 1), thread_name_prefix="dspex-dispatch") as executor:
+        futures = [
+            executor.submit(
+                parent.copy().run,
+                dispatch,
+                step,
+                [rows[i] for i in chunk],
+                decision,
+                batch_key(step, [rows[i] for i in chunk], ctx.lm_key),
+            )
+            for chunk in chunks
+        ]
+        results: list[BatchResult | BaseException] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:  # the batch's rows are reported as failed; others go on
+                results.append(exc)
+            _progress(ctx)
+    return results
+
+
+def _progress(ctx: EngineContext) -> None:
+    ctx.batches_done += 1
+    if ctx.on_progress is not None and ctx.batches_total:
+        ctx.on_progress(min(ctx.batches_done / ctx.batches_total, 1.0))
+
+
+def _learn(decision: RouteDecision, latencies: list[float], results: list[Any]) -> None:
+    """Feed per-example latencies back into the registry's learned estimates (one per batch)."""
+    import registry
+
+    ok_batches = [r for r in results if isinstance(r, BatchResult)]
+    for result in ok_batches:
+        measured = [
+            lat
+            for lat, err in zip(result.latencies_ms, result.errors, strict=True)
+            if lat > 0 and err is None
+        ]
+        if measured:
+            registry.record_duration(decision.module, sum(measured) / len(measured), pool=decision.pool)
+    for result in results:
+        if isinstance(result, BaseException):
+            registry.record_duration(decision.module, 0.0, pool=decision.pool, success=False)
+
+
+def _record(
+    step: Any,
+    decision: RouteDecision,
+    chunks: list[list[int]],
+    rows: list[dict[str, Any]],
+    actual_ms: float,
+    reused: int,
+) -> StepRecord:
+    indices = [i for chunk in chunks for i in chunk]
+    error = abs(decision.estimated_ms - actual_ms) / actual_ms * 100 if actual_ms > 0 else None
+    return StepRecord(
+        step=step.name,
+        kind=step.kind,
+        module=decision.module,
+        pool=decision.pool,
+        batch_size=decision.batch_size,
+        batches=len(chunks),
+        rows=len(indices),
+        failed=sum(ERROR_FIELD in rows[i] and rows[i][ERROR_FIELD]["step"] == step.name for i in indices),
+        estimated_ms=round(decision.estimated_ms, 1),
+        actual_ms=round(actual_ms, 1),
+        error_pct=round(error, 1) if error is not None else None,
+        estimate_source=decision.estimate_source,
+        reason=decision.reason,
+        reused_rows=reused,
+    )
+
+
+# --- retrieve steps -----------------------------------------------------------------------------
+
+
+def _retrieve_step(
+    step: RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
+) -> None:
+    from tasks.retrieve import run_retrieve_batch
+
+    valid = []
+    for i in active:
+        query = get_field(rows[i], step.retrieve, None)
+        if isinstance(query, str) and query.strip():
+            valid.append(i)
+        else:
+            _fail(rows[i], step.name, ValueError(f"field {step.retrieve!r} is not a non-empty string"))
+    active = valid
+    if ctx.dispatch is not None:  # distributed mode: batches go to the pool's run-step deployment
+        _module_step(step, rows, active, ctx)
+        return
+    decision = route_step(step, len(active), ctx.settings, ctx.availability)
+    _log("route %s: %s", step.name, decision.reason)
+    chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
+    ctx.batches_total += len(chunks)
+    pool = get_local_pool(decision.pool, ctx.settings)
+    start = time.perf_counter()
+    futures = []
+    for n, chunk in enumerate(chunks):
+        queries = [get_field(rows[i], step.retrieve, None) for i in chunk]
+        futures.append(
+            run_retrieve_batch.with_options(task_run_name=f"{step.name}-batch-{n}").submit(
+                step, queries, submit=pool.submit, timeout_s=decision.timeout_s
+            )
+        )
+    latencies: list[float] = []
+    for chunk, future in zip(chunks, futures, strict=True):
+        try:
+            passages, per_query_ms = future.result()
+        except (DSPexError, ValueError, RuntimeError, TimeoutError) as exc:
+            for i in chunk:
+                _fail(rows[i], step.name, exc)
+            _progress(ctx)
+            continue
+        latencies.append(per_query_ms)
+        for i, found in zip(chunk, passages, strict=True):
+            set_field(rows[i], step.output, found)
+        _progress(ctx)
+    actual_ms = (time.perf_counter() - start) * 1000
+    import registry
+
+    for latency in latencies:
+        registry.record_duration(decision.module, latency, pool=decision.pool)
+    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, 0))
+
+
+# --- native steps -------------------------------------------------------------------------------
+
+
+def _native_step(step: NativeStep, rows: list[dict[str, Any]], active: list[int]) -> None:
+    from dspex.exceptions import InputValidationError, MetricError, TemplateError
+
+    if step.native == "validate":
+        from tasks.signatures import compile_signature
+
+        validator = compile_signature(step.signature or "")
+        for i in active:
+            try:
+                values = {name: get_field(rows[i], name, None) for name in validator.spec.input_names}
+                validator.validate_inputs(values)
+            except InputValidationError as exc:
+                _fail(rows[i], step.name, exc)
+    elif step.native == "template":
+        from tasks.templates import render_template
+
+        for i in active:
+            try:
+                set_field(
+                    rows[i], step.output or str(step.name), render_template(step.template or "", rows[i])
+                )
+            except TemplateError as exc:
+                _fail(rows[i], step.name, exc)
+    else:
+        from tasks.metrics import get_metric
+
+        metric = get_metric(step.metric or "", gold_field="gold", prediction_field="prediction")
+        target = step.output or str(step.name)
+        for i in active:
+            try:
+                prediction = {"prediction": get_field(rows[i], step.prediction, None)}
+                gold = {"gold": get_field(rows[i], step.gold, None)}
+                set_field(rows[i], target, metric(gold, prediction))
+            except MetricError as exc:
+                _fail(rows[i], step.name, exc)
+
+
+# --- composite steps ----------------------------------------------------------------------------
+
+
+def _sub_context(ctx: EngineContext) -> EngineContext:
+    return EngineContext(
+        settings=ctx.settings,
+        lm=ctx.lm,
+        lm_key=ctx.lm_key,
+        continue_on_error=True,  # failures are propagated to the parent rows below
+        dispatch=ctx.dispatch,
+        on_progress=None,
+        records=ctx.records,
+    )
+
+
+def _propagate(parent: dict[str, Any], child: dict[str, Any]) -> bool:
+    if ERROR_FIELD in child and ERROR_FIELD not in parent:
+        parent[ERROR_FIELD] = child[ERROR_FIELD]
+        return True
+    return ERROR_FIELD in child
+
+
+def _parallel_step(
+    step: ParallelStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
+) -> None:
+    start = time.perf_counter()
+    sub = _sub_context(ctx)
+    parent = contextvars.copy_context()
+
+    def branch(steps: list[Any]) -> list[dict[str, Any]]:
+        copies = [dict(rows[i]) for i in active]
+        return run_steps(steps, copies, sub)
+
+    with ThreadPoolExecutor(max_workers=len(step.parallel), thread_name_prefix="dspex-branch") as executor:
+        futures = {
+            name: executor.submit(parent.copy().run, branch, steps) for name, steps in step.parallel.items()
+        }
+        outcomes = {name: future.result() for name, future in futures.items()}
+    for name, branch_rows in outcomes.items():
+        for i, new in zip(active, branch_rows, strict=True):
+            if _propagate(rows[i], new):
+                continue
+            added = {k: v for k, v in new.items() if k not in rows[i] or k in _produced(step.parallel[name])}
+            rows[i][name] = added
+    _record_inline(step, rows, active, start, ctx)
+
+
+def _produced(steps: list[Any]) -> set[str]:
+    return {f for s in steps for f in s.produces()}
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a is not None and a > b,
+    "ge": lambda a, b: a is not None and a >= b,
+    "lt": lambda a, b: a is not None and a < b,
+    "le": lambda a, b: a is not None and a <= b,
+    "in": lambda a, b: a in (b or []),
+    "contains": lambda a, b: a is not None and b in a,
+    "truthy": lambda a, _b: bool(a),
+}
+
+
+def _holds(step: ConditionalStep, row: dict[str, Any]) -> bool:
+    value = get_field(row, step.when.field, None)
+    if step.when.op == "exists":
+        return get_field(row, step.when.field, _ABSENT) is not _ABSENT
+    try:
+        return _OPS[step.when.op](value, step.when.value)
+    except TypeError:
+        return False
+
+
+_ABSENT = object()
+
+
+def _conditional_step(
+    step: ConditionalStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
+) -> None:
+    start = time.perf_counter()
+    path_field = step.path_field or f"{step.name}_path"
+    chosen = {i: _holds(step, rows[i]) for i in active}
+    sub = _sub_context(ctx)
+    for branch, steps in (("then", step.then), ("otherwise", step.otherwise)):
+        picked = [i for i in active if chosen[i] == (branch == "then")]
+        for i in picked:
+            rows[i][path_field] = branch
+        if picked and steps:
+            subset = [rows[i] for i in picked]  # same dicts: steps extend the rows in place
+            run_steps(steps, subset, sub)
+    _record_inline(step, rows, active, start, ctx)
+
+
+def _map_step(step: MapStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext) -> None:
+    start = time.perf_counter()
+    target = step.output or str(step.name)
+    items: list[dict[str, Any]] = []
+    owners: list[int] = []
+    for i in active:
+        values = get_field(rows[i], step.map, None)
+        if not isinstance(values, list):
+            _fail(rows[i], step.name, TypeError(f"field {step.map!r} is not a list"))
+            continue
+        for value in values:
+            items.append({**rows[i], step.item: value})
+            owners.append(i)
+    # All items of all rows go through the inner steps together, so they batch well.
+    run_steps(step.steps, items, _sub_context(ctx))
+    produced = _produced(step.steps)
+    collected: dict[int, list[Any]] = {i: [] for i in active if ERROR_FIELD not in rows[i]}
+    for owner, item in zip(owners, items, strict=True):
+        if _propagate(rows[owner], item):
+            continue
+        if step.collect:
+            collected.setdefault(owner, []).append(get_field(item, step.collect, None))
+        else:
+            collected.setdefault(owner, []).append({k: item[k] for k in produced if k in item})
+    for i, values in collected.items():
+        if ERROR_FIELD not in rows[i]:
+            rows[i][target] = values
+    _record_inline(step, rows, active, start, ctx)
+
+
+def check_pools(steps: list[Any], ctx: EngineContext) -> None:
+    """Fail fast, before any LM call, when a step's pool cannot take work under the policy."""
+    from flows.spec import iter_steps
+
+    for step in iter_steps(steps):
+        if isinstance(step, ModuleStep | RetrieveStep):
+            route_step(step, 1, ctx.settings, ctx.availability)  # raises PoolUnavailableError

@@ -1,0 +1,259 @@
+"""The ``evaluate`` flow: score a program (optionally with compiled state) on a devset.
+
+The program is described exactly like a pipeline module step (``{"module": "dspy.ChainOfThought",
+"signature": "question -> answer"}``, or a registered ``pkg.mod:Program``), with ``state`` naming
+a compiled state file (what the ``optimize`` flow returns). Examples run on the general pool's
+executor; each metric scores every example. The flow writes a score table artifact (one row per
+metric: mean, n, failed), a progress artifact, and the per-example results as a payload.
+
+In distributed mode the flow itself is what a deployment runs on a work pool; within that run,
+examples use the local bounded executor of the pool it names.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dspex.exceptions import PipelineSpecError, PoolUnavailableError
+from dspex.settings import Settings, get_settings
+from flows.params import safe_flow
+from flows.pipeline import load_rows
+from flows.pools import LocalPool, get_local_pool
+from flows.spec import ModuleStep, PipelineSpec
+from tasks.evaluate import (
+    MetricSummary,
+    ProgressCounter,
+    input_keys_for,
+    metric_field_for,
+    resolve_metric,
+    run_evaluation,
+    to_examples,
+)
+from tasks.payloads import PayloadRef, read_rows, write_payload
+
+__all__ = [
+    "EvaluateResult",
+    "ProgressArtifact",
+    "artifact_key",
+    "evaluate_program",
+    "pick_pool",
+    "validate_program",
+]
+
+
+class EvaluateResult(BaseModel):
+    """What an evaluation produced.
+
+    Attributes:
+        scores: The score table, one row per metric.
+        results: Per-example results (inputs, labels, prediction, scores, error), as a payload.
+        examples: Examples evaluated.
+        failed: Examples on which the program itself failed.
+        program: The module evaluated, and its state when one was loaded.
+        lm: The LM used (never its key).
+        pool: The pool the examples ran on.
+        duration_s: Wall time of the evaluation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scores: list[MetricSummary]
+    results: PayloadRef
+    examples: int
+    failed: int
+    program: dict[str, Any]
+    lm: dict[str, Any]
+    pool: str
+    duration_s: float = Field(ge=0)
+
+    def score(self, metric: str) -> float:
+        """The mean score of ``metric``."""
+        for row in self.scores:
+            if row.metric == metric:
+                return row.mean
+        raise KeyError(metric)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Read the per-example results back."""
+        return read_rows(self.results)
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def validate_program(program: ModuleStep | dict[str, Any]) -> ModuleStep:
+    """Check a program step the way a pipeline spec checks its steps (registry, signature, mapping).
+
+    Raises:
+        PipelineSpecError: An unknown module, an optimizer, a bad signature (names the step).
+    """
+    try:
+        spec = PipelineSpec.model_validate({"name": "program", "steps": [program]})
+    except ValidationError as exc:  # surface the spec's own typed error, which names the step
+        for error in exc.errors():
+            original = (error.get("ctx") or {}).get("error")
+            if isinstance(original, PipelineSpecError):
+                raise original from None
+        raise PipelineSpecError(f"invalid program: {exc}") from exc
+    step = spec.steps[0]
+    if not isinstance(step, ModuleStep):
+        raise PipelineSpecError("the program must be a module step ({'module': ..., 'signature': ...})")
+    return step
+
+
+def pick_pool(name: str, settings: Settings) -> LocalPool:
+    """The local pool ``name``, or the general pool when it cannot take work and the policy allows.
+
+    Raises:
+        PoolUnavailableError: It cannot take work and ``DSPEX_FALLBACK_POLICY`` is ``fail``.
+    """
+    pool = get_local_pool(name, settings)
+    ok, reason = pool.availability()
+    if ok:
+        return pool
+    if settings.fallback_policy == "fail" or name == "general":
+        raise PoolUnavailableError(name, reason)
+    get_run_logger().warning("pool %s cannot take work (%s); using the general pool", name, reason)
+    return pick_pool("general", settings)
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact that follows a `ProgressCounter`'s stages.
+
+    Args:
+        key: The artifact key.
+        description: Shown with the artifact.
+        stages: Stage name -> (start %, end %); a stage with no known total moves towards its end
+            as its count grows, never reaching it.
+    """
+
+    def __init__(self, key: str, description: str, stages: dict[str, tuple[float, float]]) -> None:
+        self.stages = stages
+        self.description = description
+        self.last = -1.0
+        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+
+    def percent(self, stage: str, done: int, total: int) -> float:
+        """The overall percentage for ``done`` of ``total`` in ``stage``."""
+        start, end = self.stages.get(stage, (0.0, 0.0))
+        # An unknown total (an optimizer's metric calls) approaches the stage's end, never reaching it.
+        fraction = min(done / total, 1.0) if total > 0 else done / (done + 50.0)
+        return round(start + (end - start) * fraction, 1)
+
+    def tick(self, counter: ProgressCounter) -> None:
+        """Update the artifact from the counter (only when it moved)."""
+        stage, done, total = counter.snapshot()
+        self.update(
+            self.percent(stage, done, total),
+            f"{self.description}: {stage} {done}" + (f"/{total}" if total else ""),
+        )
+
+    def update(self, percent: float, description: str | None = None) -> None:
+        """Set the progress (0..100) and, optionally, the description."""
+        if self.artifact_id is None or percent <= self.last:
+            return
+        self.last = percent
+        update_progress_artifact(
+            artifact_id=cast(UUID, self.artifact_id), progress=percent, description=description
+        )
+
+
+@safe_flow(
+    name="evaluate",
+    description="Score a DSPy program (optionally with compiled state) on a devset with one or more metrics.",
+    validate_parameters=True,
+)
+def evaluate_program(
+    program: ModuleStep,
+    devset: list[dict[str, Any]] | PayloadRef | str | Any = None,
+    metrics: list[str] | None = None,
+    input_keys: list[str] | None = None,
+    lm: Any = None,
+) -> EvaluateResult:
+    """Evaluate ``program`` on ``devset``.
+
+    Args:
+        program: The program as a module step; ``state`` names compiled state (a JSON file or a
+            PayloadRef's JSON) to load first.
+        devset: Rows (with the program's inputs and the gold fields), a DataFrame, a `PayloadRef`,
+            or a dataset path/URL.
+        metrics: Native metric names (``exact_match``, ``f1``, ``passage_match``) or trusted import
+            paths / registered callables; default ``["exact_match"]``.
+        input_keys: Which fields are inputs; default the signature's inputs.
+        lm: A DSPy LM for programmatic callers; by default built from the settings. Never stored in
+            the run's parameters.
+
+    Raises:
+        PipelineSpecError: A bad program (before any LM call).
+        MetricError: An unknown metric (before any LM call).
+        InputValidationError: An empty devset or rows that lack input fields (before any LM call).
+    """
+    from tasks.lm import build_lm, describe_lm
+
+    logger = get_run_logger()
+    settings = get_settings()
+    started = time.perf_counter()
+    step = validate_program(program)
+    rows = load_rows(devset)
+    metric_refs = list(metrics or ["exact_match"])
+    keys = input_keys_for(step, input_keys)
+    for ref in metric_refs:  # bad names fail here, before any LM call
+        resolve_metric(ref, field=metric_field_for(step))
+    to_examples(rows, keys, "devset")
+
+    chosen_lm = lm if lm is not None else build_lm(settings)
+    lm_info = describe_lm(chosen_lm)
+    logger.info(
+        "evaluate %s on %d examples with %s (LM: %s)",
+        step.module,
+        len(rows),
+        metric_refs,
+        lm_info.get("label") or lm_info.get("model"),
+    )
+    pool = pick_pool("general", settings)
+    counter = ProgressCounter()
+    progress = ProgressArtifact(
+        artifact_key("evaluate-progress"), f"evaluate {step.module}", {"evaluate": (0.0, 100.0)}
+    )
+    results, table, _ = run_evaluation.submit(
+        step,
+        rows,
+        metric_refs,
+        input_keys=keys,
+        lm=chosen_lm,
+        submit=pool.submit,
+        progress=counter,
+        on_tick=lambda: progress.tick(counter),
+    ).result()
+    progress.update(100.0, f"evaluate {step.module}: done")
+    results_ref = write_payload([r.model_dump(mode="json") for r in results], format="msgpack")
+    failed = sum(r.error is not None for r in results)
+    create_table_artifact(
+        key=artifact_key("evaluate-scores"),
+        table=[row.model_dump() for row in table],
+        description=f"Scores of {step.module}"
+        + (f" (state {step.state})" if step.state else "")
+        + f" on {len(rows)} examples; LM: {lm_info.get('label') or lm_info.get('model')}; "
+        f"per-example results: {results_ref.uri}",
+    )
+    for row in table:
+        logger.info("%s: mean %.4f over %d (%d failed)", row.metric, row.mean, row.n, row.failed)
+    return EvaluateResult(
+        scores=table,
+        results=results_ref,
+        examples=len(results),
+        failed=failed,
+        program={"module": step.module, "signature": step.signature, "state": step.state},
+        lm=lm_info,
+        pool=pool.name,
+        duration_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,269 @@
+"""The ``run-pipeline`` flow: run a `PipelineSpec` over data, with duration artifacts.
+
+Call it from Python (``run_pipeline(spec, data=rows, lm=lm)``), from the CLI, or from the Prefect UI
+through its deployment. It returns a `PipelineResult`: the output rows as a `PayloadRef` (failed
+rows included, each with its ``_error``) plus a summary (rows in/out, failures, per-step
+estimated vs actual durations).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspex.exceptions import InputValidationError, PayloadError, StepExecutionError
+from dspex.settings import Mode, get_settings
+from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
+from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
+from flows.params import safe_flow
+from flows.spec import ModuleStep, PipelineSpec
+from tasks.payloads import PayloadRef, read_rows, write_payload
+
+__all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
+
+
+class RowFailure(BaseModel):
+    """One failed row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    row: int
+    step: str
+    type: str
+    message: str
+
+
+class PipelineSummary(BaseModel):
+    """What a run did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str
+    mode: Mode
+    rows_in: int
+    rows_out: int = Field(description="Rows that completed every step.")
+    failed: int
+    wall_ms: float
+    steps: list[StepRecord]
+    failures: list[RowFailure] = Field(description="Failed rows (at most 1000 listed).")
+    lm: dict[str, Any] = Field(description="The LM used (model, provider; never a key).")
+
+
+class PipelineResult(BaseModel):
+    """The output rows (by reference) and the summary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: PayloadRef
+    summary: PipelineSummary
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Read the output rows back."""
+        return read_rows(self.output)
+
+
+def load_rows(data: Any) -> list[dict[str, Any]]:
+    """Rows from what a caller passes: rows, a DataFrame, a PayloadRef (or its JSON), a file path/URL.
+
+    Raises:
+        PayloadError: The data cannot be read (the message names it).
+        InputValidationError: The data is not a list of row mappings.
+    """
+    if data is None:
+        raise InputValidationError(
+            "run_pipeline needs data: rows, a DataFrame, a PayloadRef or a dataset path"
+        )
+    if isinstance(data, PayloadRef):
+        return read_rows(data)
+    if isinstance(data, dict) and "uri" in data and "format" in data:
+        return read_rows(PayloadRef.model_validate(data))
+    if isinstance(data, str):
+        from tasks.payloads import Dataset
+
+        return Dataset.from_path(data).to_rows()
+    to_dict = getattr(data, "to_dict", None)
+    if callable(to_dict) and hasattr(data, "columns"):  # a pandas DataFrame
+        return [dict(r) for r in data.to_dict(orient="records")]
+    if isinstance(data, list):
+        bad = [i for i, row in enumerate(data) if not isinstance(row, dict)]
+        if bad:
+            raise InputValidationError(
+                f"data rows must be mappings; rows {bad[:10]} are not",
+                [
+                    {"field": f"data[{i}]", "message": "not a mapping", "input": repr(data[i])[:80]}
+                    for i in bad[:10]
+                ],
+            )
+        return [dict(row) for row in data]
+    raise InputValidationError(f"unsupported data type {type(data).__name__}")
+
+
+def _check_inputs(spec: PipelineSpec, rows: list[dict[str, Any]]) -> None:
+    """Before any LM call: every row has the fields the pipeline reads, and the first module step's
+    inputs fit its signature (all problems reported at once)."""
+    needed = spec.required_inputs()
+    problems = []
+    for i, row in enumerate(rows):
+        missing = [f for f in needed if f not in row]
+        if missing:
+            problems.append({"field": ", ".join(missing), "message": f"row {i} lacks it", "input": None})
+        if len(problems) >= 20:
+            break
+    if problems:
+        raise InputValidationError(
+            f"pipeline {spec.name!r}: {len(problems)}+ rows lack fields the steps read ({needed}); "
+            f"first: {problems[0]['message']} {problems[0]['field']!r}",
+            problems,
+        )
+    # Types can be checked up front only for a module step that reads the data directly: the first.
+    first = spec.steps[0]
+    if not isinstance(first, ModuleStep) or not first.signature or first.inputs:
+        return
+    from tasks.signatures import compile_signature
+
+    validator = compile_signature(first.signature or "", instructions=first.instructions)
+    errors: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        try:
+            validator.validate_inputs({name: row[name] for name in validator.spec.input_names if name in row})
+        except InputValidationError as exc:
+            errors.extend({**e, "field": f"row {i}: {e['field']}"} for e in exc.errors)
+        if len(errors) >= 20:
+            break
+    if errors:
+        raise InputValidationError(
+            f"step {first.name!r}: {len(errors)}+ input values do not fit signature {first.signature!r}: {errors[0]}",
+            errors,
+        )
+
+
+@safe_flow(
+    name="run-pipeline",
+    description="Run a DSPex pipeline spec over a dataset, routing each step to its pool.",
+    task_runner=ThreadPoolTaskRunner(max_workers=32),
+    validate_parameters=True,
+)
+def run_pipeline(
+    spec: PipelineSpec,
+    data: list[dict[str, Any]] | PayloadRef | str | Any = None,
+    lm: Any = None,
+    mode: Mode | None = None,
+    continue_on_error: bool | None = None,
+) -> PipelineResult:
+    """Run ``spec`` over ``data``.
+
+    Args:
+        spec: The pipeline (a `PipelineSpec` or its JSON).
+        data: Rows (list of dicts), a pandas DataFrame, a `PayloadRef`, or a dataset path/URL
+            (JSONL, CSV, Parquet).
+        lm: A DSPy LM for programmatic callers in local mode; by default it is built from the
+            settings inside each task. It is never stored in the run's parameters.
+        mode: ``local`` or ``distributed``; default from ``DSPEX_MODE``.
+        continue_on_error: Override the spec's ``continue_on_error``.
+
+    Returns:
+        The output rows by reference and the run summary.
+
+    Raises:
+        InputValidationError: The data does not fit the pipeline (before any LM call).
+        PoolUnavailableError: A step's pool cannot take work and the policy is to fail.
+        StepExecutionError: Rows failed and ``continue_on_error`` is false; the output payload with
+            every completed row is still written, and named in the error.
+    """
+    import registry
+    from tasks.lm import build_lm, describe_lm
+
+    logger = get_run_logger()
+    settings = get_settings(**({"mode": mode} if mode else {}))
+    started = time.perf_counter()
+    rows = load_rows(data)
+    _check_inputs(spec, rows)
+
+    chosen_lm = lm if lm is not None else build_lm(settings)
+    lm_info = describe_lm(chosen_lm)
+    if lm_info.get("offline"):
+        logger.info(
+            "LM: %s (offline, extractive, deterministic; set DSPEX_LM_MODEL for a real model)",
+            lm_info["model"],
+        )
+    else:
+        logger.info("LM: %s", lm_info.get("model"))
+
+    dispatch = None
+    if settings.mode == "distributed":
+        from flows.distributed import remote_dispatcher
+
+        dispatch = remote_dispatcher(settings)
+    ctx = EngineContext(
+        settings=settings,
+        lm=chosen_lm,
+        lm_key=_lm_key(chosen_lm, lm_info),
+        continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
+        dispatch=dispatch,
+        on_progress=progress_reporter(spec.name),
+    )
+    check_pools(spec.steps, ctx)
+    for i, row in enumerate(rows):
+        row.setdefault("_row", i)
+    run_steps(spec.steps, rows, ctx)
+
+    failures = [
+        RowFailure(
+            row=int(r.get("_row", i)),
+            step=r[ERROR_FIELD]["step"],
+            type=r[ERROR_FIELD]["type"],
+            message=r[ERROR_FIELD]["message"],
+        )
+        for i, r in enumerate(rows)
+        if ERROR_FIELD in r
+    ]
+    output = write_payload(rows, name=None)
+    summary = PipelineSummary(
+        pipeline=spec.name,
+        mode=settings.mode,
+        rows_in=len(rows),
+        rows_out=len(rows) - len(failures),
+        failed=len(failures),
+        wall_ms=(time.perf_counter() - started) * 1000,
+        steps=ctx.records,
+        failures=failures[:1000],
+        lm=lm_info,
+    )
+    write_duration_artifact(ctx.records, spec.name, str(lm_info.get("model")))
+    write_summary_artifact(summary, ctx.records, lm_info, output.uri)
+    try:
+        registry.default_registry().save()
+    except (OSError, PayloadError) as exc:  # learned estimates are an optimization; say so, go on
+        logger.warning("could not save the registry's learned estimates: %s", exc)
+    logger.info(
+        "pipeline %s: %d rows in, %d completed, %d failed; output %s",
+        spec.name,
+        summary.rows_in,
+        summary.rows_out,
+        summary.failed,
+        output.uri,
+    )
+    if failures and not ctx.continue_on_error:
+        first = failures[0]
+        raise StepExecutionError(
+            f"{len(failures)} row(s) failed (first: row {first.row}: {first.type}: {first.message}); "
+            f"{summary.rows_out} completed rows kept in {output.uri}",
+            step=first.step,
+            completed=summary.rows_out,
+            partial_ref=output.model_dump(mode="json"),
+        )
+    return PipelineResult(output=output, summary=summary)
+
+
+def _lm_key(lm: Any, info: dict[str, Any]) -> str:
+    """A stable identity of the LM for batch keys; objects that are not plain ``dspy.LM`` (a test's
+    DummyLM, a custom client) are keyed by identity so their answers are never reused for another."""
+    import dspy
+
+    if type(lm) is dspy.LM:
+        return f"{info.get('model')}|{info.get('api_base')}|{sorted((k, str(v)) for k, v in lm.kwargs.items() if 'key' not in k)}"
+    return f"{type(lm).__name__}@{id(lm)}"

@@ -1,0 +1,576 @@
+"""The pipeline spec: a JSON-able description of a pipeline that the Prefect UI renders as a form.
+
+A pipeline is a name and a list of steps. Each step is one of six kinds, told apart by its head key
+(or an explicit ``kind``), so the smallest pipeline reads as plainly as it can::
+
+    {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+
+=============  ===============================  ==============================================
+kind           head key                         what it does to each row
+=============  ===============================  ==============================================
+module         ``module: "dspy.ChainOfThought"``  runs a DSPy module (routed to its pool)
+native         ``native: "metric"``               validate / render a template / score a metric
+retrieve       ``retrieve: "question"``           adds the top-k passages for the query field
+parallel       ``parallel: {branch: [steps]}``    runs branches on the same row, nests results
+conditional    ``when: {field, op, value}``       runs ``then`` or ``otherwise``; records the path
+map            ``map: "field"``                   runs ``steps`` over each item of a list field
+=============  ===============================  ==============================================
+
+Rows are dicts. A field reference may be dotted (``"cot.answer"``) to read what a parallel branch
+nested under its name. Validation happens when the spec is built, before any LM call: unknown
+modules, signatures that do not parse, duplicate step names, and (when ``inputs`` is declared) a
+field a step needs that nothing produces all fail with the step's name in the message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from dspex.exceptions import PipelineSpecError, SignatureError, UnknownModuleError
+
+__all__ = [
+    "ConditionalStep",
+    "MapStep",
+    "ModuleStep",
+    "NativeStep",
+    "ParallelStep",
+    "PipelineSpec",
+    "Predicate",
+    "RetrieveStep",
+    "Step",
+    "iter_steps",
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+class _StepBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(
+        default=None,
+        description="Unique step name (letters, digits, _ and -); derived from the step when omitted.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"step name {value!r} must match {_NAME.pattern}")
+        return value
+
+    def default_name(self) -> str:
+        """The name this step gets when the spec does not give one."""
+        raise NotImplementedError
+
+    def produces(self) -> list[str]:
+        """Top-level row fields this step adds."""
+        raise NotImplementedError
+
+    def needs(self) -> list[str]:
+        """Row fields (top-level names) this step reads."""
+        raise NotImplementedError
+
+
+def _check_field(value: str) -> str:
+    if not _FIELD.match(value):
+        raise ValueError(f"field reference {value!r} is not a (dotted) identifier")
+    return value
+
+
+def _root(field: str) -> str:
+    return field.split(".", 1)[0]
+
+
+class ModuleStep(_StepBase):
+    """Run a DSPy module over every row, in batches, on the pool the registry names."""
+
+    kind: Literal["module"] = "module"
+    module: str = Field(
+        description="A registry name (dspy.Predict, dspy.ChainOfThought, ...) or a registered user "
+        "module's import path (pkg.mod:Program)."
+    )
+    signature: str | None = Field(
+        default=None,
+        description="DSPy string signature, e.g. 'question, context -> answer'. Required for DSPy's "
+        "built-in modules; user programs define their own.",
+    )
+    instructions: str | None = Field(default=None, description="Instructions for the signature.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options for the module (e.g. max_iters for ReAct, N for BestOfN).",
+    )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Signature input name -> row field (dotted allowed); unnamed inputs read the "
+        "row field of the same name.",
+    )
+    outputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Signature output name -> row field to write; unnamed outputs keep their name.",
+    )
+    tools: list[str] = Field(default_factory=list, description="Names of registered tools (ReAct, CodeAct).")
+    reward: str | None = Field(
+        default=None,
+        description="Import path of a registered reward function (BestOfN, Refine).",
+    )
+    state: str | None = Field(
+        default=None,
+        description="Saved JSON state of a user program (a path or fsspec URL) to load before running.",
+    )
+    pool: Literal["general", "optimizer", "gpu"] | None = Field(
+        default=None, description="Override the pool the registry recommends."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Rows per batch; chosen from the estimate when omitted."
+    )
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _valid_mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        for field in value.values():
+            _check_field(field)
+        return value
+
+    def default_name(self) -> str:
+        base = self.module.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+
+    def signature_spec(self) -> Any:
+        """The parsed signature (None for a user program without one)."""
+        if self.signature is None:
+            return None
+        from tasks.signatures import parse_signature
+
+        return parse_signature(self.signature, instructions=self.instructions)
+
+    def produces(self) -> list[str]:
+        spec = self.signature_spec()
+        names = list(spec.output_names) if spec is not None else []
+        return [self.outputs.get(name, name) for name in names] or list(self.outputs.values())
+
+    def needs(self) -> list[str]:
+        spec = self.signature_spec()
+        names = list(spec.input_names) if spec is not None else list(self.inputs)
+        return [_root(self.inputs.get(name, name)) for name in names]
+
+
+class NativeStep(_StepBase):
+    """An in-process operation with no LM: validate rows, render a template, or score a metric."""
+
+    kind: Literal["native"] = "native"
+    native: Literal["validate", "template", "metric"] = Field(description="Which native operation.")
+    signature: str | None = Field(
+        default=None, description="validate: the signature whose inputs each row must satisfy."
+    )
+    template: str | None = Field(
+        default=None, description="template: a Jinja2 template over the row's fields (sandboxed)."
+    )
+    output: str | None = Field(
+        default=None, description="template/metric: the row field to write (default: step name)."
+    )
+    metric: str | None = Field(default=None, description="metric: exact_match, f1 or passage_match.")
+    prediction: str = Field(default="answer", description="metric: the row field holding the prediction.")
+    gold: str = Field(default="gold", description="metric: the row field holding the gold answer(s).")
+
+    @model_validator(mode="after")
+    def _operation_has_its_fields(self) -> NativeStep:
+        required = {"validate": "signature", "template": "template", "metric": "metric"}[self.native]
+        if getattr(self, required) is None:
+            raise ValueError(f"native '{self.native}' needs '{required}'")
+        return self
+
+    def default_name(self) -> str:
+        return self.metric if self.native == "metric" and self.metric else self.native
+
+    def produces(self) -> list[str]:
+        if self.native == "validate":
+            return []
+        return [self.output or self.name or self.default_name()]
+
+    def needs(self) -> list[str]:
+        if self.native == "validate":
+            from tasks.signatures import parse_signature
+
+            return list(parse_signature(self.signature or "").input_names)
+        if self.native == "metric":
+            return [_root(self.prediction), _root(self.gold)]
+        return []  # a template's variables are checked when it renders (StrictUndefined)
+
+
+class RetrieveStep(_StepBase):
+    """Add the top-k passages of a corpus for each row's query field (gpu pool)."""
+
+    kind: Literal["retrieve"] = "retrieve"
+    retrieve: str = Field(default="question", description="The row field holding the query.")
+    k: int = Field(default=3, ge=1, le=100, description="Passages per query.")
+    corpus: str | dict[str, Any] = Field(
+        default="demo",
+        description="'demo' (the bundled corpus), a payload reference (JSON), or a path/URL of a "
+        "JSONL/CSV/Parquet corpus with a 'text' column.",
+    )
+    output: str = Field(default="context", description="Row field for the passages (list of str).")
+    backend: Literal["embeddings", "colbertv2"] = Field(
+        default="embeddings",
+        description="embeddings: the offline MiniLM retriever; colbertv2: a ColBERTv2 server at url.",
+    )
+    url: str | None = Field(default=None, description="colbertv2: the server URL.")
+
+    @field_validator("retrieve")
+    @classmethod
+    def _valid_query(cls, value: str) -> str:
+        return _check_field(value)
+
+    @model_validator(mode="after")
+    def _colbert_needs_url(self) -> RetrieveStep:
+        if self.backend == "colbertv2" and not self.url:
+            raise ValueError("backend 'colbertv2' needs 'url'")
+        return self
+
+    def default_name(self) -> str:
+        return "retrieve"
+
+    def produces(self) -> list[str]:
+        return [self.output]
+
+    def needs(self) -> list[str]:
+        return [_root(self.retrieve)]
+
+
+class Predicate(BaseModel):
+    """A test on one row field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: str = Field(description="The row field (dotted allowed).")
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "contains", "truthy", "exists"] = "truthy"
+    value: Any = Field(default=None, description="The value to compare with (not for truthy/exists).")
+
+    @field_validator("field")
+    @classmethod
+    def _valid_field(cls, value: str) -> str:
+        return _check_field(value)
+
+
+class ParallelStep(_StepBase):
+    """Run branches on the same row; each branch's new fields are nested under its name."""
+
+    kind: Literal["parallel"] = "parallel"
+    parallel: dict[str, list[Step]] = Field(description="Branch name -> its steps.")
+
+    @field_validator("parallel")
+    @classmethod
+    def _branches(cls, value: dict[str, list[Step]]) -> dict[str, list[Step]]:
+        if not value:
+            raise ValueError("parallel needs at least one branch")
+        for branch, steps in value.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", branch):
+                raise ValueError(f"branch name {branch!r} must be an identifier")
+            if not steps:
+                raise ValueError(f"branch {branch!r} has no steps")
+        return value
+
+    def default_name(self) -> str:
+        return "parallel"
+
+    def produces(self) -> list[str]:
+        return list(self.parallel)
+
+    def needs(self) -> list[str]:
+        return sorted({f for steps in self.parallel.values() for f in _external_needs(steps)})
+
+
+class ConditionalStep(_StepBase):
+    """Run ``then`` on rows where the predicate holds and ``otherwise`` on the rest."""
+
+    kind: Literal["conditional"] = "conditional"
+    when: Predicate = Field(description="The test that picks the branch.")
+    then: list[Step] = Field(description="Steps for rows where the test holds.")
+    otherwise: list[Step] = Field(default_factory=list, description="Steps for the other rows.")
+    path_field: str | None = Field(
+        default=None, description="Row field recording the path taken (default: <name>_path)."
+    )
+
+    def default_name(self) -> str:
+        return "conditional"
+
+    def produces(self) -> list[str]:
+        produced = {f for steps in (self.then, self.otherwise) for s in steps for f in s.produces()}
+        return [*sorted(produced), self.path_field or f"{self.name or self.default_name()}_path"]
+
+    def needs(self) -> list[str]:
+        return sorted({_root(self.when.field), *_external_needs(self.then), *_external_needs(self.otherwise)})
+
+
+class MapStep(_StepBase):
+    """Run ``steps`` over each item of a list field; collect each item's results in a list."""
+
+    kind: Literal["map"] = "map"
+    map: str = Field(description="The row field holding a list.")
+    item: str = Field(default="item", description="The name each item takes inside the steps.")
+    steps: list[Step] = Field(description="Steps run on each item (with the row's other fields).")
+    output: str | None = Field(
+        default=None, description="Row field for the list of per-item results (default: step name)."
+    )
+    collect: str | None = Field(
+        default=None,
+        description="Collect only this field of each item's result; default: a dict of the fields "
+        "the steps produced.",
+    )
+
+    @field_validator("map")
+    @classmethod
+    def _valid_map(cls, value: str) -> str:
+        return _check_field(value)
+
+    def default_name(self) -> str:
+        return "map"
+
+    def produces(self) -> list[str]:
+        return [self.output or self.name or self.default_name()]
+
+    def needs(self) -> list[str]:
+        inner = set(_external_needs(self.steps)) - {self.item}
+        return sorted({_root(self.map), *inner})
+
+
+def _step_kind(value: Any) -> str | None:
+    """Tell a step's kind from its explicit ``kind`` or its head key."""
+    if isinstance(value, BaseModel):
+        return getattr(value, "kind", None)
+    if not isinstance(value, dict):
+        return None
+    if "kind" in value:
+        return str(value["kind"])
+    for key, kind in (
+        ("module", "module"),
+        ("native", "native"),
+        ("retrieve", "retrieve"),
+        ("parallel", "parallel"),
+        ("when", "conditional"),
+        ("map", "map"),
+    ):
+        if key in value:
+            return kind
+    return None
+
+
+Step = Annotated[
+    Annotated[ModuleStep, Tag("module")]
+    | Annotated[NativeStep, Tag("native")]
+    | Annotated[RetrieveStep, Tag("retrieve")]
+    | Annotated[ParallelStep, Tag("parallel")]
+    | Annotated[ConditionalStep, Tag("conditional")]
+    | Annotated[MapStep, Tag("map")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="unknown_step_kind",
+        custom_error_message="a step needs one of the keys module, native, retrieve, parallel, "
+        "when or map (or an explicit kind)",
+    ),
+]
+
+
+def _external_needs(steps: list[Any]) -> list[str]:
+    """Fields a list of steps reads that the list itself does not produce first."""
+    produced: set[str] = set()
+    needed: list[str] = []
+    for step in steps:
+        needed.extend(f for f in step.needs() if f not in produced and f not in needed)
+        produced.update(step.produces())
+    return needed
+
+
+def iter_steps(steps: list[Any]) -> list[Any]:
+    """Every step in a list, nested ones included, depth first."""
+    found: list[Any] = []
+    for step in steps:
+        found.append(step)
+        if isinstance(step, ParallelStep):
+            for branch in step.parallel.values():
+                found.extend(iter_steps(branch))
+        elif isinstance(step, ConditionalStep):
+            found.extend(iter_steps(step.then) + iter_steps(step.otherwise))
+        elif isinstance(step, MapStep):
+            found.extend(iter_steps(step.steps))
+    return found
+
+
+def _with_names(steps: list[Any], taken: set[str]) -> list[Any]:
+    """Give every unnamed step a unique default name (recursively)."""
+    named = []
+    for step in steps:
+        updates: dict[str, Any] = {}
+        if step.name is None:
+            base = step.default_name()
+            name, n = base, 2
+            while name in taken:
+                name, n = f"{base}_{n}", n + 1
+            updates["name"] = name
+        name = updates.get("name", step.name)
+        if name in taken and step.name is not None:
+            raise PipelineSpecError("duplicate step name", step=name)
+        taken.add(name)
+        if isinstance(step, ParallelStep):
+            updates["parallel"] = {b: _with_names(s, taken) for b, s in step.parallel.items()}
+        elif isinstance(step, ConditionalStep):
+            updates["then"] = _with_names(step.then, taken)
+            updates["otherwise"] = _with_names(step.otherwise, taken)
+        elif isinstance(step, MapStep):
+            updates["steps"] = _with_names(step.steps, taken)
+        named.append(step.model_copy(update=updates) if updates else step)
+    return named
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline: a name, its steps, and optionally the fields its data provides.
+
+    Example:
+        >>> PipelineSpec.model_validate(
+        ...     {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+        ... ).steps[0].name
+        'predict'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Pipeline name (used in artifact keys and flow run names).")
+    description: str | None = Field(default=None, description="What the pipeline is for.")
+    inputs: list[str] | None = Field(
+        default=None,
+        description="Fields every input row provides. When given, the spec is checked statically "
+        "for fields nothing produces; otherwise the data is checked before any LM call.",
+    )
+    steps: list[Step] = Field(min_length=1, description="The steps, run in order.")
+    continue_on_error: bool = Field(
+        default=False,
+        description="Keep going when rows fail (they are reported with their error); when false, "
+        "the first failed batch fails the run (completed batches are kept).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"pipeline name {value!r} must match {_NAME.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _validate_pipeline(self) -> PipelineSpec:
+        object.__setattr__(self, "steps", _with_names(list(self.steps), set()))
+        for step in iter_steps(self.steps):
+            _validate_step(step)
+        if self.inputs is not None:
+            missing = _first_missing(self.steps, set(self.inputs))
+            if missing is not None:
+                step_name, field = missing
+                raise PipelineSpecError(
+                    f"needs field {field!r}, which neither the inputs {sorted(self.inputs)} nor an "
+                    "earlier step produce",
+                    step=step_name,
+                )
+        return self
+
+    def required_inputs(self) -> list[str]:
+        """Fields the data must provide: what the steps read that no earlier step produces."""
+        return _external_needs(self.steps)
+
+    def step(self, name: str) -> Any:
+        """The step called ``name`` (nested ones included)."""
+        for step in iter_steps(self.steps):
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+
+def _first_missing(steps: list[Any], available: set[str]) -> tuple[str, str] | None:
+    for step in steps:
+        for field in step.needs():
+            if field not in available:
+                return step.name, field
+        if isinstance(step, ParallelStep):
+            for branch in step.parallel.values():
+                if (missing := _first_missing(branch, set(available))) is not None:
+                    return missing
+        elif isinstance(step, ConditionalStep):
+            for branch in (step.then, step.otherwise):
+                if (missing := _first_missing(branch, set(available))) is not None:
+                    return missing
+        elif isinstance(step, MapStep) and (missing := _first_missing(step.steps, {*available, step.item})):
+            return missing
+        available.update(step.produces())
+    return None
+
+
+def _validate_step(step: Any) -> None:
+    """Check what a step names exists and parses; raise PipelineSpecError naming the step."""
+    try:
+        if isinstance(step, ModuleStep):
+            _validate_module_step(step)
+        elif isinstance(step, NativeStep):
+            if step.native == "validate":
+                from tasks.signatures import parse_signature
+
+                parse_signature(step.signature or "")
+            elif step.native == "template":
+                from tasks.templates import compile_template
+
+                compile_template(step.template or "")
+            else:
+                from tasks.metrics import get_metric
+
+                get_metric(step.metric or "")
+    except PipelineSpecError:
+        raise
+    except (SignatureError, UnknownModuleError, ValueError) as exc:
+        raise PipelineSpecError(str(exc), step=step.name) from exc
+
+
+def _validate_module_step(step: ModuleStep) -> None:
+    import registry
+
+    if ":" in step.module and not _IMPORT_PATH.match(step.module):
+        raise PipelineSpecError(f"{step.module!r} is not an import path 'pkg.mod:Class'", step=step.name)
+    try:
+        info = registry.get_module(step.module)
+    except UnknownModuleError as exc:
+        hint = (
+            "; register it first (registry.register_user_module or `dspex registry register`)"
+            if ":" in step.module
+            else ""
+        )
+        raise PipelineSpecError(f"{exc}{hint}", step=step.name) from exc
+    if info.category == "optimization":
+        raise PipelineSpecError(
+            f"{step.module} is an optimizer, not a module a pipeline step runs; use the optimize flow",
+            step=step.name,
+        )
+    is_user = ":" in step.module
+    if step.signature is None and not is_user:
+        raise PipelineSpecError(f"{step.module} needs a 'signature'", step=step.name)
+    spec = step.signature_spec()
+    if spec is not None:
+        unknown_in = sorted(set(step.inputs) - set(spec.input_names))
+        unknown_out = sorted(set(step.outputs) - set(spec.output_names))
+        if unknown_in or unknown_out:
+            raise PipelineSpecError(
+                f"field mapping names fields the signature lacks: inputs {unknown_in}, outputs {unknown_out}",
+                step=step.name,
+            )
+
+
+for _model in (ParallelStep, ConditionalStep, MapStep, PipelineSpec):
+    _model.model_rebuild()

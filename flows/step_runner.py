@@ -1,0 +1,197 @@
+"""The ``run-step`` flow: what a work pool executes for one batch in distributed mode.
+
+The pipeline flow writes a batch's rows as a payload on shared storage and runs this flow through
+the pool's ``run-step-<pool>`` deployment. The flow reads the rows, builds the LM from *this*
+worker's settings (LMs never travel between processes), runs the batch on an executor sized by the
+pool's capacity, and writes the `tasks.batch.BatchResult` back under a deterministic name,
+``results/<batch_key>``, with a small ``results/<batch_key>.ref.json`` sidecar, so the orchestrator
+can read it by key whatever happened to the flow run's own result.
+
+It is idempotent: when the result for ``batch_key`` already exists (an earlier attempt finished but
+its worker died before the orchestrator saw it), it is returned without running anything again, so a
+re-dispatched batch contributes every row exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.tasks import exponential_backoff
+from pydantic import TypeAdapter
+
+from dspex.exceptions import PayloadError, PipelineSpecError
+from dspex.settings import Settings, get_settings
+from flows.spec import ModuleStep, RetrieveStep
+from tasks.batch import BatchResult, run_module_batch
+from tasks.payloads import PayloadRef, read_payload, read_rows, storage, write_payload
+
+__all__ = [
+    "RESULTS_PREFIX",
+    "execute_step_batch",
+    "parse_step",
+    "read_batch_result",
+    "result_ref_uri",
+    "run_step",
+    "write_batch_result",
+]
+
+#: Folder (under the payload base URL) where batch results are kept by batch key.
+RESULTS_PREFIX = "results"
+
+_STEP = TypeAdapter(ModuleStep | RetrieveStep)
+
+
+def parse_step(step: dict[str, Any]) -> ModuleStep | RetrieveStep:
+    """The module or retrieve step a ``run-step`` parameter describes.
+
+    Raises:
+        PipelineSpecError: Not a module or retrieve step (the message says what is wrong).
+    """
+    kind = step.get("kind")
+    if kind not in ("module", "retrieve"):
+        raise PipelineSpecError(
+            f"run-step runs module and retrieve steps, not kind {kind!r}", step=step.get("name")
+        )
+    model: type[ModuleStep | RetrieveStep] = ModuleStep if kind == "module" else RetrieveStep
+    try:
+        return model.model_validate(step)
+    except ValueError as exc:  # pydantic's ValidationError: say which step, keep the details
+        raise PipelineSpecError(f"invalid step for run-step: {exc}", step=step.get("name")) from exc
+
+
+def _check_key(batch_key: str) -> str:
+    if not batch_key or not all(c.isalnum() or c in "-_" for c in batch_key) or len(batch_key) > 128:
+        raise PayloadError(f"batch key {batch_key!r} must be 1-128 letters, digits, '-' or '_'")
+    return batch_key
+
+
+def result_ref_uri(batch_key: str, base_url: str | None = None) -> str:
+    """Where the ref sidecar of ``batch_key``'s result lives."""
+    base = base_url or get_settings().resolved_payload_url
+    return storage.join(base, f"{RESULTS_PREFIX}/{_check_key(batch_key)}.ref.json")
+
+
+def write_batch_result(result: BatchResult, batch_key: str, base_url: str | None = None) -> PayloadRef:
+    """Store ``result`` under ``results/<batch_key>`` and publish its ref sidecar (last, atomically)."""
+    ref = write_payload(
+        result.model_dump(mode="json"),
+        base_url,
+        "msgpack",
+        name=f"{RESULTS_PREFIX}/{_check_key(batch_key)}",
+        inline_max_bytes=0,  # the sidecar points at stored bytes; no need to duplicate them inline
+    )
+    # The sidecar is written after the payload, so whoever sees it can read the payload.
+    storage.write_atomic(result_ref_uri(batch_key, base_url), ref.model_dump_json().encode())
+    return ref
+
+
+def read_batch_result(batch_key: str, base_url: str | None = None) -> tuple[PayloadRef, BatchResult] | None:
+    """The stored result of ``batch_key``, or None when there is none yet.
+
+    Raises:
+        PayloadError: The sidecar or payload exists but cannot be read (corrupt, unreadable).
+    """
+    uri = result_ref_uri(batch_key, base_url)
+    if not storage.exists(uri):
+        return None
+    raw = bytes(memoryview(storage.read_bytes(uri)))
+    try:
+        ref = PayloadRef.model_validate(json.loads(raw))
+    except ValueError as exc:
+        raise PayloadError(f"corrupt batch-result sidecar: {exc}", uri=uri) from exc
+    return ref, BatchResult.model_validate(read_payload(ref))
+
+
+def execute_step_batch(
+    step: ModuleStep | RetrieveStep,
+    rows: list[dict[str, Any]],
+    *,
+    batch_key: str,
+    pool: str,
+    settings: Settings,
+    lm: Any = None,
+) -> BatchResult:
+    """Run one batch of a module or retrieve step on this process's pool executor.
+
+    Module steps go through the `run_module_batch` task with the same retries and backoff as the
+    local engine; retrieve steps run one encode call for the whole batch.
+
+    Args:
+        step: The step.
+        rows: The batch's rows.
+        batch_key: The batch's identity across attempts.
+        pool: The pool this worker serves (sizes the executor: the pool's capacity).
+        settings: This worker's settings.
+        lm: The LM for module steps (default: built from ``settings``).
+    """
+    from flows.pools import get_local_pool
+
+    local = get_local_pool(pool, settings)
+    if isinstance(step, RetrieveStep):
+        from tasks.retrieve import retrieve_batch
+        from tasks.rows import get_field
+
+        start = time.perf_counter()
+        queries = [get_field(row, step.retrieve, None) for row in rows]
+        passages, per_query_ms = local.submit(retrieve_batch, step, queries).result()
+        return BatchResult(
+            outputs=[{step.output: found} for found in passages],
+            errors=[None] * len(rows),
+            latencies_ms=[per_query_ms] * len(rows),
+            wall_ms=(time.perf_counter() - start) * 1000,
+        )
+    from tasks.lm import build_lm
+
+    retries = settings.task_retries
+    task = run_module_batch.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.task_retry_delay_seconds)(retries)
+        if retries
+        else 0,
+        task_run_name=f"{step.name}-batch",
+    )
+    result: BatchResult = task(
+        step,
+        rows,
+        submit=local.submit,
+        lm=lm if lm is not None else build_lm(settings),
+        batch_key=batch_key,
+        retries=retries,
+    )
+    return result
+
+
+@flow(
+    name="run-step",
+    description="Run one batch of a pipeline step on this work pool (distributed mode).",
+    validate_parameters=True,
+    persist_result=False,  # the result travels by reference, under results/<batch_key>
+)
+def run_step(step: dict[str, Any], batch: PayloadRef, batch_key: str, pool: str = "general") -> PayloadRef:
+    """Run one batch of ``step`` over the rows ``batch`` refers to; store the result by key.
+
+    Args:
+        step: The module or retrieve step, as JSON (``step.model_dump(mode="json")``).
+        batch: The batch's rows on shared storage.
+        batch_key: The batch's identity; its result is stored under ``results/<batch_key>``.
+        pool: The pool this deployment serves (sizes the executor).
+
+    Returns:
+        The reference of the stored `BatchResult`.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    found = read_batch_result(batch_key)
+    if found is not None:
+        logger.info("batch %s already has a result (%s); not recomputing it", batch_key, found[0].uri)
+        return found[0]
+    parsed = parse_step(step)
+    rows = read_rows(batch)
+    logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
+    result = execute_step_batch(parsed, rows, batch_key=batch_key, pool=pool, settings=settings)
+    ref = write_batch_result(result, batch_key)
+    logger.info("batch %s done: %d failed of %d; result %s", batch_key, result.failed, len(rows), ref.uri)
+    return ref

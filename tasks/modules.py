@@ -1,0 +1,212 @@
+"""Build the DSPy module a pipeline step names.
+
+Only modules the registry knows are built: DSPy's own (``dspy.ChainOfThought``) by their import
+path in the registry record, and user programs (``pkg.mod:Program``) that were registered in code.
+The registry is the allowlist: a spec (which may come from the Prefect UI) never imports anything
+else. Built modules are cached per process by the step's configuration, because building
+a module parses its signature and, for user programs, may load saved state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import threading
+from typing import Any
+
+import dspy
+
+from dspex.exceptions import PipelineSpecError, SandboxUnavailableError
+from tasks.callables import resolve_callable
+
+__all__ = ["build_module", "module_class", "read_program_state", "sandbox_available"]
+
+# Modules whose generated code must run in DSPy's Deno/Pyodide sandbox.
+_CODE_RUNNERS = {"ProgramOfThought", "CodeAct"}
+# Modules that wrap another module (built from the step's signature with options["inner"]).
+_WRAPPERS = {"BestOfN", "Refine"}
+
+_cache: dict[str, dspy.Module] = {}
+_cache_lock = threading.Lock()
+
+
+def module_class(name: str) -> type:
+    """The class a registry name stands for, loaded from the registry record's import path.
+
+    Args:
+        name: A registry name (``dspy.Predict``) or a registered user import path.
+
+    Raises:
+        UnknownModuleError: The registry does not know ``name``.
+        PipelineSpecError: The record's import path does not load to a class.
+    """
+    import registry
+
+    info = registry.get_module(name)
+    path = info.metadata.import_path or (name if ":" in name else None)
+    if path is None:
+        module_name, _, attr = name.rpartition(".")
+        path = f"{module_name}:{attr}"
+    module_name, attr = path.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PipelineSpecError(f"cannot load module {name!r} from {path!r}: {exc}") from exc
+    if not isinstance(obj, type):
+        raise PipelineSpecError(f"{name!r} ({path}) is not a class")
+    return obj
+
+
+def sandbox_available() -> bool:
+    """Whether DSPy's code sandbox (Deno running Pyodide) can start here."""
+    if shutil.which("deno"):
+        return True
+    try:
+        from deno import find_deno_bin  # the optional 'deno' PyPI package ships the binary
+    except ImportError:
+        return False
+    try:
+        return bool(find_deno_bin())
+    except (OSError, RuntimeError):
+        return False
+
+
+def build_module(step: Any) -> dspy.Module:
+    """The DSPy module for a module step, cached per step configuration.
+
+    Args:
+        step: A `flows.spec.ModuleStep` (anything with its fields).
+
+    Raises:
+        SandboxUnavailableError: The module runs generated code and no sandbox is available.
+        PipelineSpecError: Options the module does not accept, an unknown tool or reward.
+    """
+    key = json.dumps(step.model_dump(mode="json", exclude={"name", "batch_size", "pool"}), sort_keys=True)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    module = _with_state(_build(step), step)
+    with _cache_lock:
+        _cache.setdefault(key, module)
+    return module
+
+
+def _build(step: Any) -> dspy.Module:
+    cls = module_class(step.module)
+    short = cls.__name__
+    options = dict(step.options)
+    if short in _CODE_RUNNERS and not sandbox_available():
+        raise SandboxUnavailableError(
+            f"{step.module} runs LM-generated code, which DSPex runs only inside DSPy's Deno/Pyodide "
+            "sandbox, and no 'deno' executable was found. Enable it with `pip install deno` (or install "
+            "Deno and put it on PATH); DSPex never falls back to an unsandboxed interpreter."
+        )
+    try:
+        if ":" in step.module:
+            return cls(**options)
+        signature = _signature(step)
+        if short == "ReAct":
+            tools = [resolve_callable(name) for name in step.tools]
+            if not tools:
+                raise PipelineSpecError("ReAct needs at least one tool in 'tools'", step=step.name)
+            return cls(signature, tools=tools, **options)
+        if short in _WRAPPERS:
+            if not step.reward:
+                raise PipelineSpecError(f"{short} needs a 'reward' function", step=step.name)
+            inner_name = options.pop("inner", "dspy.Predict")
+            inner = module_class(inner_name)(signature)
+            options.setdefault("N", 3)
+            options.setdefault("threshold", 1.0)
+            return cls(module=inner, reward_fn=resolve_callable(step.reward), **options)
+        if short == "MultiChainComparison":
+            return _MultiChain(signature, **options)
+        if short == "Parallel":
+            inner_name = options.pop("inner", "dspy.Predict")
+            return module_class(inner_name)(signature, **options)
+        return cls(signature, **options)
+    except TypeError as exc:
+        raise PipelineSpecError(
+            f"{step.module} rejected its options {sorted(options)}: {exc}", step=step.name
+        ) from exc
+
+
+def _with_state(program: dspy.Module, step: Any) -> dspy.Module:
+    """Load the step's saved state (demos, instructions) into a freshly built module."""
+    if not step.state:
+        return program
+    state = read_program_state(step.state)
+    try:
+        program.load_state(state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PipelineSpecError(
+            f"saved state {step.state[:200]} does not fit {step.module}: {type(exc).__name__}: {exc}",
+            step=step.name,
+        ) from exc
+    return program
+
+
+def _signature(step: Any) -> type[dspy.Signature]:
+    from tasks.signatures import parse_signature
+
+    spec = parse_signature(step.signature, instructions=step.instructions)
+    return spec.to_dspy()
+
+
+def read_program_state(location: str) -> dict[str, Any]:
+    """A program's saved state: a JSON file (path or fsspec URL) or a `PayloadRef` (its JSON).
+
+    Never unpickles anything: the state is JSON, or a MessagePack payload holding a dict.
+
+    Raises:
+        PipelineSpecError: Nothing at ``location``, or it does not hold a JSON object.
+    """
+    text = location.strip()
+    if text.startswith("{"):
+        from tasks.payloads import PayloadRef, read_payload
+
+        try:
+            ref = PayloadRef.model_validate_json(text)
+        except ValueError as exc:
+            raise PipelineSpecError(
+                f"program state is neither a path nor a payload reference: {exc}"
+            ) from exc
+        state = read_payload(ref)
+    else:
+        import fsspec
+
+        try:
+            with fsspec.open(text, "rt", encoding="utf-8") as handle:
+                state = json.load(handle)
+        except FileNotFoundError as exc:
+            raise PipelineSpecError(f"saved program state not found: {text}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PipelineSpecError(f"saved program state is not valid JSON: {text}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise PipelineSpecError(f"saved program state must be a JSON object: {text[:200]}")
+    return state
+
+
+class _MultiChain(dspy.Module):
+    """MultiChainComparison as a step: M reasoning attempts, then DSPy's comparison of them.
+
+    DSPy's ``MultiChainComparison`` compares completions it is given; a pipeline row only has the
+    inputs, so the attempts come from ``ChainOfThought`` with distinct rollout ids (as BestOfN does).
+    """
+
+    def __init__(self, signature: type[dspy.Signature], M: int = 3, temperature: float = 0.7) -> None:
+        super().__init__()
+        self.M = M
+        self.attempt = dspy.ChainOfThought(signature)
+        self.compare = dspy.MultiChainComparison(signature, M=M, temperature=temperature)
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        lm = self.attempt.get_lm() or dspy.settings.lm
+        completions = []
+        for rollout in range(self.M):
+            with dspy.context(lm=lm.copy(rollout_id=rollout, temperature=1.0)):
+                completions.append(self.attempt(**kwargs))
+        return self.compare(completions, **kwargs)

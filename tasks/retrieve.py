@@ -1,0 +1,95 @@
+"""Run one retrieve step over a batch of queries: the gpu pool's unit of work.
+
+The corpus a step names is resolved once per process (``demo``, a payload reference, or a dataset
+path) and its retriever kept, so every batch after the first reuses the corpus index (which the
+retrieval package also caches by content hash, in memory and on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dspex.exceptions import InputValidationError, retry_condition
+
+__all__ = ["load_corpus", "retrieve_batch", "retriever_for", "run_retrieve_batch"]
+
+_retrievers: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def load_corpus(corpus: str | dict[str, Any]) -> list[dict[str, Any]]:
+    """The corpus rows a step names: ``"demo"``, a PayloadRef's JSON, or a dataset path/URL."""
+    if corpus == "demo":
+        from tasks.retrieval import load_demo_corpus
+
+        return load_demo_corpus()
+    from tasks.payloads import Dataset, PayloadRef, read_rows
+
+    if isinstance(corpus, dict):
+        return read_rows(PayloadRef.model_validate(corpus))
+    return Dataset.from_path(corpus).to_rows()
+
+
+def retriever_for(step: Any) -> Any:
+    """The (process-cached) retriever for a retrieve step."""
+    key = json.dumps([step.backend, step.corpus, step.url, step.k], sort_keys=True, default=str)
+    with _lock:
+        found = _retrievers.get(key)
+    if found is not None:
+        return found
+    if step.backend == "colbertv2":
+        from tasks.retrieval import ColBERTv2Retriever
+
+        retriever: Any = ColBERTv2Retriever(step.url, k=step.k)
+    else:
+        from tasks.retrieval import EmbeddingRetriever
+
+        retriever = EmbeddingRetriever(load_corpus(step.corpus), k=step.k)
+    with _lock:
+        return _retrievers.setdefault(key, retriever)
+
+
+def retrieve_batch(step: Any, queries: list[Any]) -> tuple[list[list[str]], float]:
+    """Top-k passage texts for each query, and the per-query time in ms.
+
+    Raises:
+        InputValidationError: A query that is not a non-empty string.
+    """
+    bad = [i for i, q in enumerate(queries) if not isinstance(q, str) or not q.strip()]
+    if bad:
+        raise InputValidationError(
+            f"step {step.name!r}: field {step.retrieve!r} must be a non-empty string in every row; rows {bad[:10]} are not",
+            [
+                {"field": step.retrieve, "message": "not a non-empty string", "input": repr(queries[i])[:80]}
+                for i in bad[:10]
+            ],
+        )
+    start = time.perf_counter()
+    retriever = retriever_for(step)
+    found = retriever.search(queries, k=step.k)
+    elapsed = (time.perf_counter() - start) * 1000
+    return [[p.text for p in passages] for passages in found], elapsed / max(len(queries), 1)
+
+
+@task(name="run-retrieve-batch", retry_condition_fn=retry_condition, cache_policy=NO_CACHE)
+def run_retrieve_batch(
+    step: Any, queries: list[Any], *, submit: Callable[..., Future[Any]], timeout_s: float | None = None
+) -> tuple[list[list[str]], float]:
+    """Prefect task: retrieve for a batch of queries on the pool (one encode call per batch).
+
+    Args:
+        step: The retrieve step.
+        queries: One query per row.
+        submit: The pool's submit.
+        timeout_s: Longest the batch may take (a ``TimeoutError`` then; Prefect cannot interrupt a
+            task running in a thread, so the wait is bounded here).
+    """
+    return submit(retrieve_batch, step, queries).result(timeout=timeout_s)

@@ -1,0 +1,75 @@
+"""Rows are dicts; this module reads and writes their (dotted) fields and normalizes values.
+
+Every value a step writes goes through `to_jsonable`, so rows stay plain data that the payload
+codecs, Prefect parameters and artifacts all accept: no live DSPy or pydantic objects travel on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from enum import Enum
+from typing import Any
+
+__all__ = ["MISSING", "get_field", "has_field", "set_field", "to_jsonable"]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def get_field(row: Mapping[str, Any], path: str, default: Any = MISSING) -> Any:
+    """Read ``path`` (``"a"`` or ``"a.b.c"``) from a row; ``default`` when absent."""
+    value: Any = row
+    for part in path.split("."):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        else:
+            return default
+    return value
+
+
+def has_field(row: Mapping[str, Any], path: str) -> bool:
+    """Whether the row has ``path``."""
+    return get_field(row, path) is not MISSING
+
+
+def set_field(row: dict[str, Any], path: str, value: Any) -> None:
+    """Write ``value`` at ``path``, creating nested dicts for dotted paths."""
+    parts = path.split(".")
+    target = row
+    for part in parts[:-1]:
+        nested = target.get(part)
+        if not isinstance(nested, dict):
+            nested = {}
+            target[part] = nested
+        target = nested
+    target[parts[-1]] = value
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn a module's output value into plain JSON-able data (pydantic models, enums, tuples...)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Enum):
+        return to_jsonable(value.value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):
+        return to_jsonable(model_dump(mode="json"))
+    to_dict = getattr(value, "toDict", None)  # dspy.Example / dspy.Prediction
+    if callable(to_dict):
+        return to_jsonable(to_dict())
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    return str(value)

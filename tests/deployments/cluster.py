@@ -1,0 +1,161 @@
+"""A real Prefect cluster on loopback for end-to-end tests: server, pools, deployments, workers.
+
+Every process it starts is stopped by `Cluster.close` (terminate, then kill), which the fixtures call
+in ``finally``. The server gets its own PREFECT_HOME; workers and the test share one payload folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["REPO", "Cluster", "free_port"]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Cluster:
+    """A Prefect server with the dspex pools, run-step deployments and workers."""
+
+    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.ui_url = f"http://127.0.0.1:{self.port}"
+        self.payloads = root / "payloads"
+        self.env = (
+            {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DSPEX_"))}
+            | {
+                "PREFECT_HOME": str(root / "prefect-home"),
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+                "DSPEX_HOME": str(root / "dspex-home"),
+                "DSPEX_PAYLOAD_URL": str(self.payloads),
+                "PYTHONPATH": str(REPO),
+            }
+            | (extra_env or {})
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{key}.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.procs[key] = proc
+        return proc
+
+    def log(self, key: str) -> str:
+        path = self.logs / f"{key}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def run(self, *args: str, timeout: float = 180) -> str:
+        done = subprocess.run(
+            list(args), cwd=REPO, env=self.env, capture_output=True, timeout=timeout, check=False
+        )
+        out = (done.stdout + done.stderr).decode(errors="replace")
+        assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{out[-3000:]}"
+        return out
+
+    def start_server(self, timeout: float = 120) -> None:
+        self._spawn(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["server"].poll() is not None:
+                raise RuntimeError(f"prefect server exited:\n{self.log('server')}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer,
+            ):  # noqa: S310
+                if answer.status == 200:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"prefect server not healthy after {timeout} s:\n{self.log('server')}")
+
+    def setup(self, deployments: list[str]) -> None:
+        """Create the pools (dspex type) and deploy the named prefect.yaml deployments."""
+        self.run(str(BIN / "dspex"), "pools", "create")
+        names = [arg for name in deployments for arg in ("-n", name)]
+        self.run(str(BIN / "prefect"), "--no-prompt", "deploy", *names)
+
+    def setup_all(self) -> None:
+        """Create the pools (dspex type) and deploy everything in prefect.yaml."""
+        self.run(str(BIN / "dspex"), "pools", "create")
+        self.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", timeout=300)
+
+    def start_worker(self, pool: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        args = [
+            str(BIN / "dspex"),
+            "worker",
+            "--pool",
+            pool,
+            "--name",
+            name,
+            "--heartbeat-seconds",
+            "2",
+            *extra,
+        ]
+        return self._spawn(f"worker-{name}", args)
+
+    def wait_workers(self, names: list[str], timeout: float = 90) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        deadline = time.monotonic() + timeout
+        with (
+            temporary_settings(updates={PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            while time.monotonic() < deadline:
+                seen = {
+                    w.name
+                    for pool in ("general", "optimizer", "gpu")
+                    for w in client.read_workers_for_work_pool(pool)
+                }
+                if set(names) <= seen:
+                    return
+                for key, proc in self.procs.items():
+                    if key.startswith("worker-") and proc.poll() is not None:
+                        raise RuntimeError(f"{key} exited:\n{self.log(key)}")
+                time.sleep(0.5)
+        raise TimeoutError(f"workers {names} did not register in {timeout} s")
+
+    def kill(self, key: str) -> None:
+        proc = self.procs[key]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -1,0 +1,86 @@
+"""The dspex worker type, its environment, and pool setup (unit level; e2e covers real runs)."""
+
+from types import SimpleNamespace
+
+import pytest
+from prefect.workers.base import BaseWorker
+
+from deployments.pools import base_job_template, ensure_pools
+from deployments.worker import DSPexWorker, WorkerOptions, load_entrypoint, worker_environment
+from dspex.exceptions import ConfigurationError
+from dspex.settings import get_settings
+from flows.step_runner import run_step
+
+
+def test_the_dspex_worker_type_is_registered_with_prefect():
+    assert BaseWorker.get_worker_class_from_type("dspex") is DSPexWorker
+    assert "job_configuration" in base_job_template("dspex") and "job_configuration" in base_job_template(
+        "process"
+    )
+
+
+def test_entrypoints_load_as_the_shared_module_flow():
+    assert load_entrypoint("flows/step_runner.py:run_step") is run_step
+    assert load_entrypoint("flows.step_runner:run_step") is run_step
+    with pytest.raises(ConfigurationError, match="must look like"):
+        load_entrypoint("flows/step_runner.py")
+    with pytest.raises(ConfigurationError, match="cannot load"):
+        load_entrypoint("flows/nope.py:x")
+    with pytest.raises(ConfigurationError, match="not a Prefect flow"):
+        load_entrypoint("flows.step_runner:parse_step")
+
+
+def test_worker_environment_per_pool(tmp_path):
+    settings = get_settings(home=tmp_path)
+    base = {"CUDA_VISIBLE_DEVICES": "0,1", "KEEP": "1"}
+    gpu = worker_environment(
+        WorkerOptions("gpu", "gpu-a", query_seconds=0.5, heartbeat_seconds=3), settings, base
+    )
+    general = worker_environment(WorkerOptions("general", "gen a/1"), settings, base)
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "0,1" and general["CUDA_VISIBLE_DEVICES"] == ""
+    assert gpu["DSPY_CACHEDIR"] != general["DSPY_CACHEDIR"]
+    assert (
+        general["DSPY_CACHEDIR"].startswith(str(tmp_path.resolve()))
+        and "/" not in general["DSPY_CACHEDIR"].rsplit("/", 1)[1]
+    )
+    assert gpu["PREFECT_WORKER_QUERY_SECONDS"] == "0.5" and gpu["PREFECT_WORKER_HEARTBEAT_SECONDS"] == "3"
+    assert gpu["DSPEX_MODE"] == "local" and gpu["KEEP"] == "1"
+    assert (
+        worker_environment(WorkerOptions("gpu", "g", gpus="3"), settings, base)["CUDA_VISIBLE_DEVICES"] == "3"
+    )
+
+
+class FakePoolsClient:
+    def __init__(self):
+        self.pools = {}
+
+    def read_work_pool(self, name):
+        from prefect.exceptions import ObjectNotFound
+
+        if name not in self.pools:
+            raise ObjectNotFound(http_exc=Exception(name))
+        return self.pools[name]
+
+    def create_work_pool(self, create):
+        self.pools[create.name] = SimpleNamespace(
+            name=create.name, type=create.type, concurrency_limit=create.concurrency_limit
+        )
+
+    def update_work_pool(self, name, update):
+        self.pools[name].concurrency_limit = update.concurrency_limit
+
+
+def test_ensure_pools_creates_then_updates_idempotently():
+    client = FakePoolsClient()
+    first = ensure_pools(get_settings(), "dspex", client=client)
+    assert [(r.name, r.action, r.concurrency_limit) for r in first] == [
+        ("general", "created", 8),
+        ("optimizer", "created", 2),
+        ("gpu", "created", 4),
+    ]
+    second = ensure_pools(get_settings(pool_gpu_capacity=1), "dspex", client=client)
+    assert [r.action for r in second] == ["updated"] * 3 and client.pools["gpu"].concurrency_limit == 1
+    with pytest.raises(ConfigurationError, match="cannot change"):
+        ensure_pools(get_settings(), "process", client=client)
+    with pytest.raises(ConfigurationError, match="unknown pool"):
+        ensure_pools(get_settings(), "dspex", pools=("tpu",), client=client)
