@@ -95,7 +95,9 @@ def _run_row(
     with dspy.context(lm=lm) if lm is not None else _nullcontext():
         prediction = module(**kwargs)
     latency = (time.perf_counter() - start) * 1000
-    keys = names if names is not None else list(prediction.keys())
+    # Every field the module returns: the signature's outputs and what the module adds to them
+    # (ChainOfThought's reasoning, ReAct's trajectory), renamed by the step's output mapping.
+    keys = list(prediction.keys()) or (names or [])
     outputs = {output_map.get(key, key): to_jsonable(prediction.get(key)) for key in keys}
     return outputs, latency
 

@@ -7,6 +7,7 @@ import pytest
 from dspy.utils.dummies import DummyLM
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from dspex.exceptions import InputValidationError, PoolUnavailableError, StepExecutionError
 from flows import PipelineSpec, run_pipeline
@@ -59,14 +60,16 @@ def test_duration_artifact_is_readable_through_the_client():
     async def read():
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["duration-estimates"]))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["duration-estimates"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
             )
 
     import asyncio
 
     artifacts = asyncio.run(read())
     assert artifacts
-    table = artifacts[-1].data
+    table = artifacts[0].data
     assert "estimated ms" in str(table) and "actual ms" in str(table) and "predict" in str(table)
 
 

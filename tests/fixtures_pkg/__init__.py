@@ -1,0 +1,1 @@
+"""Importable test fixtures (user programs registered by import path)."""
