@@ -24,12 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DSPEX_HOME", tempfile.mkdtemp(prefix="dspex-bench-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import dspex.bootstrap  # noqa: E402,F401  (Prefect environment first)
-import dspy  # noqa: E402
-
-from dspex.settings import get_settings  # noqa: E402
-from flows import PipelineSpec, run_pipeline  # noqa: E402
-from tasks.lm.offline import OfflineExtractiveEngine  # noqa: E402
+import dspex.bootstrap  # noqa: F401  (Prefect and LiteLLM environment before they load)
+from dspex.settings import get_settings
+from flows import PipelineSpec, run_pipeline
+from tasks.lm.offline import OfflineExtractiveEngine
 
 LATENCY_S = 0.020
 
@@ -42,7 +40,9 @@ class SleepyEngine(OfflineExtractiveEngine):
         return super().complete(request)
 
 
-def sleepy_lm() -> dspy.LM:
+def sleepy_lm():  # type: ignore[no-untyped-def]
+    import dspy
+
     return dspy.LM("dspex/offline-extractive", cache=False, num_retries=0, engine=SleepyEngine())
 
 
@@ -53,11 +53,14 @@ def main() -> int:
     args = parser.parse_args()
     n = args.examples or (800 if args.quick else 4000)
     capacity = get_settings().pool_general_capacity
-    data = [{"question": f"What is item {i}?", "context": f"Item {i} is a red box number {i}."} for i in range(n)]
+    data = [
+        {"question": f"What is item {i}?", "context": f"Item {i} is a red box number {i}."} for i in range(n)
+    ]
     spec = PipelineSpec.model_validate(
         {"name": "bench", "steps": [{"module": "dspy.Predict", "signature": "context, question -> answer"}]}
     )
     lm = sleepy_lm()
+    import dspy
 
     # dspy.Parallel over the same program, same LM, num_threads = the general pool's capacity.
     program = dspy.Predict("context, question -> answer")
@@ -75,16 +78,22 @@ def main() -> int:
         runs.append((time.perf_counter() - start, result.summary.steps[0]))
         assert result.summary.rows_out == n, result.summary.failed
 
-    print(f"\npipeline throughput, local mode, {n} examples, {LATENCY_S * 1000:.0f} ms LM, concurrency {capacity}")
+    print(
+        f"\npipeline throughput, local mode, {n} examples, {LATENCY_S * 1000:.0f} ms LM, concurrency {capacity}"
+    )
     print(f"{'':28}{'seconds':>10}{'examples/s':>12}")
     print(f"{'dspy.Parallel':28}{parallel_s:>10.2f}{n / parallel_s:>12.1f}")
     for i, (seconds, _) in enumerate(runs, 1):
         print(f"{'run_pipeline, run ' + str(i):28}{seconds:>10.2f}{n / seconds:>12.1f}")
     best = min(seconds for seconds, _ in runs[1:])
     ratio = (n / best) / (n / parallel_s)
-    print(f"ratio (ours, best of runs 2-3 / Parallel): {ratio:.2f}x   target >= 0.9x   {'PASS' if ratio >= 0.9 else 'FAIL'}")
+    print(
+        f"ratio (ours, best of runs 2-3 / Parallel): {ratio:.2f}x   target >= 0.9x   {'PASS' if ratio >= 0.9 else 'FAIL'}"
+    )
     first_ratio = (n / runs[0][0]) / (n / parallel_s)
-    print(f"ratio of run 1 (includes the embedded server's start and static-estimate batching): {first_ratio:.2f}x")
+    print(
+        f"ratio of run 1 (includes the embedded server's start and static-estimate batching): {first_ratio:.2f}x"
+    )
 
     print("\nestimated vs actual step duration (the 'duration-estimates' artifact)")
     print(f"{'run':>4}{'estimate':>10}{'batches':>9}{'estimated ms':>14}{'actual ms':>11}{'error %':>9}")
@@ -95,7 +104,9 @@ def main() -> int:
         )
     third = runs[2][1].error_pct or 0.0
     print(f"run 3 absolute error: {third:.1f}%   target <= 20%   {'PASS' if third <= 20 else 'FAIL'}")
-    print(f"median absolute error of runs 2-3: {statistics.median(r.error_pct or 0 for _, r in runs[1:]):.1f}%")
+    print(
+        f"median absolute error of runs 2-3: {statistics.median(r.error_pct or 0 for _, r in runs[1:]):.1f}%"
+    )
     return 0 if ratio >= 0.9 and third <= 20 else 1
 
 
