@@ -94,12 +94,10 @@ def run(
 ) -> None:
     """Run a pipeline spec file over a dataset."""
     import yaml
-
-    from flows import PipelineSpec, run_pipeline
-
     from pydantic import ValidationError
 
     from dspex.exceptions import DSPexError
+    from flows import PipelineSpec, run_pipeline
 
     text = spec_file.read_text(encoding="utf-8")
     try:

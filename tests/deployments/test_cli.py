@@ -23,11 +23,15 @@ def test_settings_prints_effective_values_with_secrets_masked(monkeypatch):
 def test_run_a_spec_file_over_a_jsonl_dataset(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        "name: cli\nsteps:\n  - module: dspy.Predict\n    signature: 'context, question -> answer'\n", encoding="utf-8"
+        "name: cli\nsteps:\n  - module: dspy.Predict\n    signature: 'context, question -> answer'\n",
+        encoding="utf-8",
     )
     data = tmp_path / "data.jsonl"
     data.write_text(
-        "\n".join(json.dumps({"question": f"Where is box {i}?", "context": f"Box {i} is in Paris."}) for i in range(3)),
+        "\n".join(
+            json.dumps({"question": f"Where is box {i}?", "context": f"Box {i} is in Paris."})
+            for i in range(3)
+        ),
         encoding="utf-8",
     )
     result = runner.invoke(app, ["run", str(spec), str(data)])
@@ -37,7 +41,9 @@ def test_run_a_spec_file_over_a_jsonl_dataset(tmp_path):
 
 def test_run_rejects_a_bad_spec_with_the_step_name(tmp_path):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"name": "x", "steps": [{"name": "s1", "module": "dspy.Nope", "signature": "a -> b"}]}))
+    spec.write_text(
+        json.dumps({"name": "x", "steps": [{"name": "s1", "module": "dspy.Nope", "signature": "a -> b"}]})
+    )
     result = runner.invoke(app, ["run", str(spec), str(tmp_path / "d.jsonl")])
     assert result.exit_code == 2
     assert "step 's1'" in result.output and "Traceback" not in result.output

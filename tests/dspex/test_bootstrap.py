@@ -18,7 +18,12 @@ PROBE = (
 def probe(tmp_path, **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DSPEX_"))}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=tmp_path, env={**base, **env}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE],
+        cwd=tmp_path,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "Traceback" not in out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

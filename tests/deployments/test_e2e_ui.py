@@ -1,0 +1,213 @@
+"""The Prefect UI shows a pipeline run and its duration table, checked in headless Chromium.
+
+``prefect server start`` runs on loopback (the e2e cluster helper, its own PREFECT_HOME); a small
+pipeline runs against it in local mode (PREFECT_API_URL set, so not the embedded server); then
+Debian's ``chromium`` loads the flow run's page and the ``duration-estimates`` artifact page. The UI
+is a Vue single-page app that fetches everything after load, so the test drives Chromium over the
+DevTools protocol (``--remote-debugging-port``, a small client on ``websockets``): it waits until the
+rendered text shows the expected content, then saves a PNG screenshot under the test's temp folder.
+
+Chromium missing: skipped locally with the reason, but failed under ``CI=true`` (``.ci/run``
+installs it), so CI never silently drops the UI check.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import Cluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from websockets.sync.client import ClientConnection, connect
+
+from flows import PipelineSpec, run_pipeline
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+    "--remote-allow-origins=*",
+]
+PAGE_TIMEOUT_S = 60.0
+
+
+def chromium_binary() -> str:
+    """The Chromium executable; skip (locally) or fail (CI=true) when it is not installed."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        reason = "chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return found
+
+
+class Browser:
+    """One headless Chromium page driven over the DevTools protocol."""
+
+    def __init__(self, binary: str, profile: Path, log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"]
+                + ["about:blank"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        port = self._devtools_port(profile)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:  # noqa: S310
+            pages = [t for t in json.load(answer) if t["type"] == "page"]
+        self.ws: ClientConnection = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20)
+        self._next_id = 0
+
+    def _devtools_port(self, profile: Path, timeout: float = 30) -> int:
+        # Chromium writes the port it picked to DevToolsActivePort in the profile folder.
+        marker = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"chromium exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}"
+                )
+            if marker.exists() and (lines := marker.read_text().split()):
+                return int(lines[0])
+            time.sleep(0.1)
+        raise TimeoutError(f"chromium opened no DevTools port in {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one DevTools command and return its result (events in between are skipped)."""
+        self._next_id += 1
+        self.ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=PAGE_TIMEOUT_S))
+            if message.get("id") == self._next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method} failed: {message['error']}")
+                return dict(message.get("result", {}))
+
+    def text(self) -> str:
+        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+        return str(result["result"].get("value", ""))
+
+    def open_and_wait(self, url: str, expected: list[str], tab: str | None = None) -> str:
+        """Load ``url`` (then click its ``tab``) and wait until every ``expected`` string is shown."""
+        self.call("Page.navigate", url=url)
+        if tab is not None:
+            self.click_tab(tab)
+        deadline = time.monotonic() + PAGE_TIMEOUT_S
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.text()
+            if all(s in text for s in expected):
+                time.sleep(0.5)  # let the last layout pass settle before the screenshot
+                return text
+            time.sleep(0.25)
+        missing = [s for s in expected if s not in text]
+        raise AssertionError(f"{url} never showed {missing} in {PAGE_TIMEOUT_S} s; page text:\n{text[:3000]}")
+
+    def click_tab(self, label: str) -> None:
+        """Click the page's tab called ``label`` once the app has rendered it."""
+        script = (
+            "(() => { const tab = [...document.querySelectorAll('[role=tab], button, a')]"
+            f".find(e => e.innerText && e.innerText.trim() === {json.dumps(label)});"
+            " if (!tab) return false; tab.click(); return true; })()"
+        )
+        deadline = time.monotonic() + PAGE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.call("Runtime.evaluate", expression=script)["result"].get("value"):
+                return
+            time.sleep(0.25)
+        raise AssertionError(
+            f"no tab {label!r} appeared in {PAGE_TIMEOUT_S} s; page text:\n{self.text()[:3000]}"
+        )
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the socket may already be gone with the process
+            self.ws.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[Browser]:
+    binary = chromium_binary()
+    b = Browser(binary, tmp_path / "chromium-profile", tmp_path / "chromium.log")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[Cluster]:
+    chromium_binary()  # skip before paying for a server when there is no browser
+    c = Cluster(tmp_path / "cluster")
+    try:
+        c.start_server()
+        yield c
+    finally:
+        c.close()
+
+
+def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser, tmp_path):
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "ui-check",
+            "steps": [{"name": "answer", "module": "dspy.Predict", "signature": "question -> answer"}],
+        }
+    )
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        result = run_pipeline(spec, data=[{"question": "What is DSPy?"}, {"question": "Who wrote Hamlet?"}])
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["run-pipeline"])))
+    assert result.summary.rows_out == 2
+    assert len(runs) == 1 and runs[0].state_type.value == "COMPLETED"
+    run = runs[0]
+
+    # The flow run's page, on its Artifacts tab: the run and its duration-estimates artifact.
+    text = browser.open_and_wait(
+        f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, "duration-estimates"], tab="Artifacts"
+    )
+    assert "Completed" in text
+    shot = browser.screenshot(tmp_path / "flow-run.png")
+    assert shot.stat().st_size > 10_000
+
+    # The artifact's own page renders the table: its columns and the step's row.
+    text = browser.open_and_wait(
+        f"{server.ui_url}/artifacts/key/duration-estimates", ["estimated ms", "actual ms", "answer"]
+    )
+    assert re.search(r"answer\s+module\s+dspy\.Predict\s+general", text), text[:3000]
+    shot = browser.screenshot(tmp_path / "duration-estimates.png")
+    assert shot.stat().st_size > 10_000
