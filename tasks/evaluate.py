@@ -141,17 +141,8 @@ def load_program(step: Any) -> Module:
     """
     from tasks.modules import build_module
 
-    program = build_module(step.model_copy(update={"state": None})).deepcopy()
-    if step.state:
-        state = read_program_state(step.state)
-        try:
-            program.load_state(state)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PipelineSpecError(
-                f"saved state {step.state[:200]} does not fit {step.module}: {type(exc).__name__}: {exc}",
-                step=step.name,
-            ) from exc
-    return program
+    # build_module loads the state and caches the module per configuration: copy before changing it.
+    return build_module(step).deepcopy()
 
 
 def input_keys_for(step: Any, input_keys: Sequence[str] | None = None) -> list[str]:

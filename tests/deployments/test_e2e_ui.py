@@ -128,7 +128,7 @@ class Browser:
     def click_tab(self, label: str) -> None:
         """Click the page's tab called ``label`` once the app has rendered it."""
         script = (
-            "(() => { const tab = [...document.querySelectorAll('[role=tab], button, a')]"
+            "(() => { const tab = [...document.querySelectorAll('[role=tab], .p-tab, button, a')]"
             f".find(e => e.innerText && e.innerText.trim() === {json.dumps(label)});"
             " if (!tab) return false; tab.click(); return true; })()"
         )

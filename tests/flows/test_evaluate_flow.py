@@ -77,7 +77,8 @@ def test_compiled_state_is_loaded_before_evaluating(tmp_path):
 
 
 def test_failed_examples_are_kept_and_counted():
-    lm = DummyLM([{"answer": "Paris"}, {"wrong": "x"}, {"answer": "four"}])  # row 1: unparsable
+    # Keyed by question (examples run concurrently); row 1's reply has no answer field: unparsable.
+    lm = DummyLM({"<<q0>>": {"answer": "Paris"}, "<<q1>>": {"wrong": "x"}, "<<q2>>": {"answer": "four"}})
     result = evaluate_program(PROGRAM, devset=devset()[:3], metrics=["exact_match"], lm=lm)
     (row,) = result.scores
     assert (row.n, row.failed) == (3, 1) and result.failed == 1
