@@ -103,11 +103,11 @@ def run(
     try:
         raw = yaml.safe_load(text) if spec_file.suffix in {".yaml", ".yml"} else json.loads(text)
         spec = PipelineSpec.model_validate(raw)
-        result = run_pipeline(spec, data=data, mode=mode, continue_on_error=continue_on_error)
+        result = run_pipeline(spec, data=data, mode=mode, continue_on_error=continue_on_error)  # type: ignore[arg-type]  # Flow validates mode
     except (ValidationError, DSPexError, yaml.YAMLError, json.JSONDecodeError) as exc:
         # A typo or a bad file is the user's to fix: say what and where, without a traceback.
         console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}")
-        raise typer.Exit(2) from None  # type: ignore[arg-type]
+        raise typer.Exit(2) from None
     console.print(_duration_table(result.summary.steps))
     console.print(
         f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed; "
