@@ -269,6 +269,7 @@ class RemoteDispatcher:
         settings = self.settings
         started = time.monotonic()
         unserved_since: float | None = None
+        silent_since: float | None = None
         while True:
             flow_run = client.read_flow_run(flow_run_id)
             state = flow_run.state
@@ -282,16 +283,26 @@ class RemoteDispatcher:
             if kind in _ACTIVE:
                 unserved_since = None
                 worker = (flow_run.labels or {}).get("prefect.worker.name")
-                if worker:
-                    record = self._worker_records(client, pool).get(worker)
-                    if record is None or not worker_is_live(
-                        record, min_silence_s=settings.worker_grace_seconds
-                    ):
-                        self._crash(client, flow_run_id, f"worker {worker!r} stopped heartbeating")
-                        return (
-                            "failed",
-                            f"worker {worker!r} of run {flow_run.name!r} stopped heartbeating ({kind})",
-                        )
+                record = self._worker_records(client, pool).get(worker) if worker else None
+                if (
+                    worker
+                    and record is not None
+                    and worker_is_live(record, min_silence_s=settings.worker_grace_seconds)
+                ):
+                    silent_since = None
+                elif not worker and kind != "PENDING":
+                    silent_since = None  # running, but no worker named: nothing to watch but the timeout
+                else:
+                    # A worker's record can lag behind its first pick-up (SQLite under load): only
+                    # silence that lasts the whole grace period counts as a dead worker. A run stuck
+                    # PENDING that long (a worker that died between taking it and starting it) too.
+                    silent_since = silent_since if silent_since is not None else now
+                if silent_since is not None and now - silent_since >= settings.worker_grace_seconds:
+                    self._crash(client, flow_run_id, f"worker {worker!r} stopped heartbeating")
+                    return (
+                        "failed",
+                        f"worker {worker!r} of run {flow_run.name!r} stopped heartbeating ({kind})",
+                    )
             elif kind in _WAITING:
                 grace = settings.worker_grace_seconds
                 live = any(
