@@ -105,7 +105,7 @@ def _prefect_default(step: Any) -> tuple[float, float]:
     key = f"bench-prefect-{uuid.uuid4().hex}"
     start = time.perf_counter()
     batch = write_payload(ROWS, name=f"batches/{key}")
-    flow_run = run_deployment(
+    flow_run: Any = run_deployment(  # sync call: a FlowRun, not a coroutine
         PROCESS_DEPLOYMENT,
         parameters={
             "step": step.model_dump(mode="json"),

@@ -159,3 +159,18 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+def drain_api_workers(api_url: str) -> None:
+    """Flush and stop Prefect's log and event workers bound to ``api_url`` while its server still runs.
+
+    They are cached per API URL and outlive the test; left behind, the session harness's final
+    ``drain_all`` waits forever on a server that is gone (pytest then hangs after the last test).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        APILogWorker.instance().drain()
+        EventsWorker.instance().drain()

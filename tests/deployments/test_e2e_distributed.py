@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, drain_api_workers
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -70,6 +70,7 @@ def cluster(tmp_path_factory, lm_server):
             c.start_worker(pool, name)
         c.wait_workers(["general-1", "general-2", "optimizer-1", "gpu-1"])
         yield c
+        drain_api_workers(c.api_url)
     finally:
         c.close()
 

@@ -2,7 +2,8 @@
 
 ``prefect server start`` runs on loopback (the e2e cluster helper, its own PREFECT_HOME); a small
 pipeline runs against it in local mode (PREFECT_API_URL set, so not the embedded server); then
-Debian's ``chromium`` loads the flow run's page and the ``duration-estimates`` artifact page. The UI
+Debian's ``chromium`` loads the flow run's page (its Artifacts tab), the ``duration-estimates`` key's
+page (a timeline of that key's artifacts) and the artifact's own page, which renders the table. The UI
 is a Vue single-page app that fetches everything after load, so the test drives Chromium over the
 DevTools protocol (``--remote-debugging-port``, a small client on ``websockets``): it waits until the
 rendered text shows the expected content, then saves a PNG screenshot under the test's temp folder.
@@ -25,9 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, drain_api_workers
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from websockets.sync.client import ClientConnection, connect
 
@@ -177,6 +184,7 @@ def server(tmp_path) -> Iterator[Cluster]:
     try:
         c.start_server()
         yield c
+        drain_api_workers(c.api_url)
     finally:
         c.close()
 
@@ -193,21 +201,38 @@ def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["run-pipeline"])))
     assert result.summary.rows_out == 2
-    assert len(runs) == 1 and runs[0].state_type.value == "COMPLETED"
+    assert len(runs) == 1 and runs[0].state_type is not None and runs[0].state_type.value == "COMPLETED"
     run = runs[0]
 
-    # The flow run's page, on its Artifacts tab: the run and its duration-estimates artifact.
+    # The flow run's page, on its Artifacts tab: the run, and a TABLE card for duration-estimates.
     text = browser.open_and_wait(
         f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, "duration-estimates"], tab="Artifacts"
     )
-    assert "Completed" in text
-    shot = browser.screenshot(tmp_path / "flow-run.png")
-    assert shot.stat().st_size > 10_000
+    assert "Completed" in text and re.search(r"TABLE\s+duration-estimates", text), text[:3000]
+    assert browser.screenshot(tmp_path / "flow-run.png").stat().st_size > 10_000
 
-    # The artifact's own page renders the table: its columns and the step's row.
+    # The key's page: the timeline of duration-estimates, whose entry is this run's artifact.
+    with (
+        temporary_settings(updates={PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["duration-estimates"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
+        )
+    assert len(artifacts) == 1
+    artifact = artifacts[0]
+    browser.open_and_wait(
+        f"{server.ui_url}/artifacts/key/duration-estimates",
+        ["pipeline 'ui-check'", str(artifact.id)[:8], run.name],
+    )
+    assert browser.screenshot(tmp_path / "duration-estimates-key.png").stat().st_size > 10_000
+
+    # The artifact's page renders the table: its columns and the step's row.
     text = browser.open_and_wait(
-        f"{server.ui_url}/artifacts/key/duration-estimates", ["estimated ms", "actual ms", "answer"]
+        f"{server.ui_url}/artifacts/artifact/{artifact.id}", ["estimated ms", "actual ms", "dspy.Predict"]
     )
     assert re.search(r"answer\s+module\s+dspy\.Predict\s+general", text), text[:3000]
-    shot = browser.screenshot(tmp_path / "duration-estimates.png")
-    assert shot.stat().st_size > 10_000
+    assert browser.screenshot(tmp_path / "duration-estimates.png").stat().st_size > 10_000

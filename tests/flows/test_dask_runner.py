@@ -7,6 +7,8 @@ the task, never shipped). The Dask cluster is a LocalCluster with in-process wor
 exercises the same Prefect/Dask code path (task submission, futures, results) as a remote cluster.
 """
 
+from typing import Any
+
 import pytest
 
 pytest.importorskip(
@@ -35,17 +37,13 @@ def dask_batch(step: dict, rows: list[dict], batch_key: str) -> dict:
     return {"worker": get_worker().address, "result": result.model_dump(mode="json")}
 
 
-@flow(
-    name="dask-batches",
-    task_runner=DaskTaskRunner(
-        cluster_kwargs={
-            "processes": False,
-            "n_workers": 1,
-            "threads_per_worker": 3,
-            "dashboard_address": None,
-        }
-    ),
+# In-process workers: no Pythons to spawn, no serialization; the Prefect/Dask submission path is the same.
+RUNNER: Any = DaskTaskRunner(
+    cluster_kwargs={"processes": False, "n_workers": 1, "threads_per_worker": 3, "dashboard_address": None}
 )
+
+
+@flow(name="dask-batches", task_runner=RUNNER)
 def dask_batches(step: dict, rows: list[dict], batch_size: int) -> list[dict]:
     chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     futures = [dask_batch.submit(step, chunk, f"dask-{n}") for n, chunk in enumerate(chunks)]
