@@ -313,16 +313,19 @@ def is_retryable(error: BaseException) -> bool:
     Args:
         error: The exception to classify.
     """
-    if isinstance(error, DSPexError):
-        return error.retryable
-    try:
-        from dspy.utils.exceptions import is_retryable_lm_error
-    except ImportError:  # pragma: no cover - dspy is a hard dependency
-        return False
-    if isinstance(error, Exception) and is_retryable_lm_error(error):
-        return True
-    cause = error.__cause__ or error.__context__
-    return cause is not None and cause is not error and is_retryable(cause)
+    from dspy.utils.exceptions import is_retryable_lm_error
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    # Walk the cause chain (a wrapped LM error is still transient); `seen` guards against cycles.
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DSPexError):
+            return current.retryable
+        if isinstance(current, Exception) and is_retryable_lm_error(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
