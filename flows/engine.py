@@ -181,7 +181,6 @@ def _module_step(
     start = time.perf_counter()
     results = _dispatch_batches(step, rows, chunks, decision, ctx)
     actual_ms = (time.perf_counter() - start) * 1000
-    latencies: list[float] = []
     reused = 0
     pool = get_local_pool(decision.pool, ctx.settings)
     for chunk, result in zip(chunks, results, strict=True):
@@ -192,17 +191,13 @@ def _module_step(
             continue
         pool.breaker.record_success()
         reused += result.reused
-        for i, output, error, latency in zip(
-            chunk, result.outputs, result.errors, result.latencies_ms, strict=True
-        ):
+        for i, output, error in zip(chunk, result.outputs, result.errors, strict=True):
             if error is not None:
                 _fail(rows[i], step.name, error)
             elif output is not None:
                 for key, value in output.items():
                     set_field(rows[i], key, value)
-                if latency > 0:
-                    latencies.append(latency)
-    _learn(decision, latencies, results)
+    _learn(decision, results)
     ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused))
 
 
@@ -237,15 +232,7 @@ def _dispatch_batches(
                 timeout_s=decision.timeout_s,
             )
         )
-    results: list[BatchResult | BaseException] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # a whole batch failed: its rows are reported, the rest go on
-            logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
-            results.append(exc)
-        _progress(ctx)
-    return results
+    return _collect(step, futures, ctx)
 
 
 def _dispatch_remote(
@@ -259,24 +246,25 @@ def _dispatch_remote(
     dispatch = ctx.dispatch
     parent = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=max(len(chunks), 1), thread_name_prefix="dspex-dispatch") as executor:
-        futures = [
-            executor.submit(
-                parent.copy().run,
-                dispatch,
-                step,
-                [rows[i] for i in chunk],
-                decision,
-                batch_key(step, [rows[i] for i in chunk], ctx.lm_key),
-            )
-            for chunk in chunks
-        ]
-        results: list[BatchResult | BaseException] = []
-        for future in futures:
-            try:
-                results.append(future.result())
-            except Exception as exc:  # the batch's rows are reported as failed; others go on
-                results.append(exc)
-            _progress(ctx)
+        futures = []
+        for chunk in chunks:
+            batch_rows = [rows[i] for i in chunk]
+            key = batch_key(step, batch_rows, ctx.lm_key)
+            futures.append(executor.submit(parent.copy().run, dispatch, step, batch_rows, decision, key))
+        return _collect(step, futures, ctx)
+
+
+def _collect(step: Any, futures: list[Any], ctx: EngineContext) -> list[BatchResult | BaseException]:
+    """Each batch's result in order; a batch that failed as a whole is kept as its exception, so its
+    rows are reported and the other batches go on."""
+    results: list[BatchResult | BaseException] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # a batch's failure is data: its rows get this error
+            logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
+            results.append(exc)
+        _progress(ctx)
     return results
 
 
@@ -286,7 +274,7 @@ def _progress(ctx: EngineContext) -> None:
         ctx.on_progress(min(ctx.batches_done / ctx.batches_total, 1.0))
 
 
-def _learn(decision: RouteDecision, latencies: list[float], results: list[Any]) -> None:
+def _learn(decision: RouteDecision, results: list[Any]) -> None:
     """Feed per-example latencies back into the registry's learned estimates (one per batch)."""
     import registry
 
