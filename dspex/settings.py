@@ -169,6 +169,23 @@ class Settings(BaseSettings):
         "<home>/indexes, keyed by content hash, so a new process does not re-encode a known corpus.",
     )
 
+    # --- telemetry (issue 14) ------------------------------------------------------------------
+    events_enabled: bool = Field(
+        default=True,
+        description="Emit dspex.* Prefect events (per step or batch, never per row) when a Prefect API "
+        "is reachable from here (a flow run, or PREFECT_API_URL set); off: no event is built at all.",
+    )
+    estimate_drift_factor: float = Field(
+        default=2.0,
+        gt=1,
+        description="A step whose actual duration exceeds its estimate by this factor emits dspex.estimate.drift.",
+    )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="OpenTelemetry spans for module and LM calls: auto (on when OTEL_EXPORTER_OTLP_ENDPOINT "
+        "is set or a tracer provider was installed by the caller), on, or off. Needs the [tracing] extra.",
+    )
+
     @field_validator("lm_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
