@@ -137,6 +137,9 @@ class FakeOpenAIServer:
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _counter: int = 0
+    _served: dict[str, int] = field(
+        default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    )
 
     @property
     def url(self) -> str:
@@ -158,6 +161,12 @@ class FakeOpenAIServer:
             return [r for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")]
 
     @property
+    def served_usage(self) -> dict[str, int]:
+        """Totals of the ``usage`` the server reported: prompt/completion tokens, answered requests."""
+        with self._lock:
+            return dict(self._served)
+
+    @property
     def pending_faults(self) -> int:
         """Faults still queued."""
         with self._lock:
@@ -173,6 +182,7 @@ class FakeOpenAIServer:
         with self._lock:
             self.requests.clear()
             self._faults.clear()
+            self._served = dict.fromkeys(self._served, 0)
 
     def start(self) -> FakeOpenAIServer:
         """Start serving on 127.0.0.1 at an ephemeral port."""
@@ -222,6 +232,10 @@ class FakeOpenAIServer:
             number = self._counter
         prompt_words = sum(len(t.split()) for _, t in messages)
         completion_words = len(text.split())
+        with self._lock:
+            self._served["prompt_tokens"] += prompt_words
+            self._served["completion_tokens"] += completion_words
+            self._served["requests"] += 1
         return {
             "id": f"chatcmpl-{number}",
             "object": "chat.completion",
