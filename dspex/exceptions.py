@@ -20,8 +20,10 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── PayloadError (ValueError) .................... a payload that cannot be written or read
     │   ├── PayloadNotFoundError ..................... nothing at the payload's uri
     │   ├── PayloadCorruptError ...................... truncated, corrupt, or checksum mismatch
-    │   └── PayloadFormatError ....................... an object or file of a kind we do not handle
+    │   ├── PayloadFormatError ....................... an object or file of a kind we do not handle
+    │   └── PayloadAccessError ....................... a read outside the configured roots
     ├── PipelineSpecError (ValueError) ............... an invalid pipeline; names the step
+    │   └── UntrustedImportError ..................... an import path that may not be imported
     ├── RetrievalError (ValueError) .................. a bad corpus, query or k for a retriever
     ├── RetrieverServerError (RuntimeError) .......... a retrieval server failed or answered badly
     ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
@@ -46,6 +48,7 @@ __all__ = [
     "InvalidModuleInfoError",
     "LMConfigurationError",
     "MetricError",
+    "PayloadAccessError",
     "PayloadCorruptError",
     "PayloadError",
     "PayloadFormatError",
@@ -62,6 +65,7 @@ __all__ = [
     "StepExecutionError",
     "TemplateError",
     "TemplateSecurityError",
+    "UntrustedImportError",
     "UnknownModuleError",
     "is_retryable",
     "retry_condition",
@@ -222,6 +226,13 @@ class PayloadFormatError(PayloadError):
     code = "payload_format"
 
 
+class PayloadAccessError(PayloadError):
+    """A read outside the configured roots (payload root, ``DSPEX_DATA_ROOTS``) or schemes; the
+    message never says whether, or how big, the file is."""
+
+    code = "payload_access_denied"
+
+
 class PipelineSpecError(DSPexError, ValueError):
     """An invalid pipeline spec.
 
@@ -234,6 +245,13 @@ class PipelineSpecError(DSPexError, ValueError):
     def __init__(self, message: str, *, step: str | None = None) -> None:
         self.step = step
         super().__init__(f"step {step!r}: {message}" if step else message)
+
+
+class UntrustedImportError(PipelineSpecError):
+    """An import path a spec or record may not import: a standard-library or untrusted root, or an
+    object that is not what it must be (a user program that is not a ``dspy.Module``)."""
+
+    code = "untrusted_import"
 
 
 class RetrievalError(DSPexError, ValueError):

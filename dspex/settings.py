@@ -186,6 +186,39 @@ class Settings(BaseSettings):
         "is set or a tracer provider was installed by the caller), on, or off. Needs the [tracing] extra.",
     )
 
+    # --- sessions and the shared local server (issue 15) ---------------------------------------
+    session_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the session store (e.g. postgresql+psycopg://host/db, so any "
+        "worker can serve a turn); defaults to SQLite at <home>/sessions.db.",
+    )
+    session_ttl_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Default session lifetime after its last turn; a later turn raises SessionExpiredError.",
+    )
+    session_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a turn waits for another turn on the same session before SessionBusyError.",
+    )
+    session_lease_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A turn's hold on its session; a holder that died frees the session after this long.",
+    )
+    shared_server: bool = Field(
+        default=True,
+        description="CLI runs (dspex run/demo/ui) use one local Prefect server in <home>, started on first "
+        "use and reused while it lives, instead of a server per process. Never used when "
+        "PREFECT_API_URL is set, nor under pytest.",
+    )
+    shared_server_idle_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="The shared local server stops after this long without a CLI run using it.",
+    )
+
     @field_validator("lm_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:

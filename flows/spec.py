@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from dspex.exceptions import PipelineSpecError, SignatureError, UnknownModuleError
+from dspex.imports import is_import_path
 
 __all__ = [
     "ConditionalStep",
@@ -54,7 +55,6 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 
 class _StepBase(BaseModel):
@@ -542,7 +542,7 @@ def _validate_step(step: Any) -> None:
 def _validate_module_step(step: ModuleStep) -> None:
     import registry
 
-    if ":" in step.module and not _IMPORT_PATH.match(step.module):
+    if ":" in step.module and not is_import_path(step.module):
         raise PipelineSpecError(f"{step.module!r} is not an import path 'pkg.mod:Class'", step=step.name)
     try:
         info = registry.get_module(step.module)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dspex.exceptions import InvalidModuleInfoError
+from dspex.imports import is_import_path as _is_import_path
+from dspex.imports import refused_root
 
 __all__ = [
     "CAPABILITY_IMPLIES",
@@ -109,14 +111,17 @@ def is_import_path(text: str) -> bool:
     Args:
         text: The candidate import path.
     """
-    module, sep, attribute = text.partition(":")
-    return (
-        bool(sep)
-        and bool(module)
-        and bool(attribute)
-        and _is_identifier_path(module)
-        and (_is_identifier_path(attribute))
-    )
+    return _is_import_path(text)  # the one grammar, shared with tasks and flows
+
+
+def _refuse_root(import_path: str) -> None:
+    # A module record never points into the standard library (subprocess:Popen, os:system,
+    # builtins:eval): refused at registration, so such a record cannot be saved, loaded or run.
+    reason = refused_root(import_path.split(":")[0].split(".")[0])
+    if reason:
+        raise ValueError(
+            f"{import_path!r} is refused: {reason}; a module is a dspy.Module subclass in DSPy or your own package"
+        )
 
 
 class Requirements(BaseModel):
@@ -160,6 +165,8 @@ class ModuleMetadata(BaseModel):
     def _import_path_form(cls, value: str | None) -> str | None:
         if value is not None and not is_import_path(value):
             raise ValueError(f"import_path must look like 'pkg.mod:Class', got {value!r}")
+        if value is not None:
+            _refuse_root(value)
         return value
 
 
@@ -196,6 +203,8 @@ class ModuleInfo(BaseModel):
     def _name_form(cls, value: str) -> str:
         if not (is_dotted_name(value) or is_import_path(value)):
             raise ValueError(f"name must be a dotted name ('dspy.Predict') or 'pkg.mod:Class', got {value!r}")
+        if ":" in value:
+            _refuse_root(value)
         return value
 
     @field_validator("capabilities")

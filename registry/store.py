@@ -26,6 +26,7 @@ from dspex.exceptions import (
     RegistryQueryError,
     UnknownModuleError,
 )
+from dspex.imports import refused_root
 from dspex.settings import get_settings
 from registry.catalogue import core_modules
 from registry.discovery import discover_modules
@@ -140,6 +141,12 @@ class ModuleRegistry:
         if not isinstance(import_path, str) or not is_import_path(import_path):
             raise InvalidModuleInfoError(
                 f"user module import path must look like 'pkg.mod:Class', got {import_path!r}"
+            )
+        reason = refused_root(import_path.split(":")[0].split(".")[0])
+        if reason:
+            raise InvalidModuleInfoError(
+                f"user module {import_path!r} is refused: {reason}; a user module is a dspy.Module "
+                "subclass in your own package"
             )
         if "name" in fields:
             raise InvalidModuleInfoError("register_user_module takes no 'name': the import path is the name")

@@ -9,18 +9,15 @@ that package. Anything else is a clear error naming the setting.
 
 from __future__ import annotations
 
-import importlib
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from dspex.exceptions import PipelineSpecError
-from dspex.settings import get_settings
+from dspex.exceptions import PipelineSpecError, UntrustedImportError
+from dspex.imports import is_import_path, load_attribute
 
 __all__ = ["callable_names", "register_callable", "resolve_callable", "unregister_callable"]
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _registered: dict[str, Callable[..., Any]] = {}
 _lock = threading.Lock()
 
@@ -62,18 +59,15 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
     with _lock:
         if ref in _registered:
             return _registered[ref]
-    if not _IMPORT_PATH.match(ref):
+    if not is_import_path(ref):
         known = ", ".join(callable_names()) or "none registered"
         raise PipelineSpecError(f"unknown callable {ref!r} (registered: {known})")
-    module_name, attr = ref.split(":")
-    trusted = get_settings().trusted_import_roots
-    if module_name.split(".")[0] not in trusted:
-        raise PipelineSpecError(
-            f"import path {ref!r} is not trusted: register it with tasks.callables.register_callable, "
-            f"or add {module_name.split('.')[0]!r} to DSPEX_TRUSTED_IMPORT_ROOTS"
-        )
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
+        fn = load_attribute(ref, what="callable")
+    except UntrustedImportError as exc:
+        raise UntrustedImportError(
+            f"{exc}; or register it in code with tasks.callables.register_callable"
+        ) from None
     except (ImportError, AttributeError) as exc:
         raise PipelineSpecError(f"cannot load {ref!r}: {exc}") from exc
     if not callable(fn):

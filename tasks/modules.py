@@ -9,7 +9,6 @@ a module parses its signature and, for user programs, may load saved state.
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import threading
@@ -17,10 +16,14 @@ from typing import Any
 
 import dspy
 
-from dspex.exceptions import PipelineSpecError, SandboxUnavailableError
+from dspex.exceptions import PipelineSpecError, SandboxUnavailableError, UntrustedImportError
+from dspex.imports import load_attribute, trusted_roots
 from tasks.callables import resolve_callable
 
-__all__ = ["build_module", "module_class", "read_program_state", "sandbox_available"]
+__all__ = ["build_module", "module_class", "program_class", "read_program_state", "sandbox_available"]
+
+# DSPy's own classes are always importable by their registry import path.
+_DSPY_ROOTS = ("dspy",)
 
 # Modules whose generated code must run in DSPy's Deno/Pyodide sandbox.
 _CODE_RUNNERS = {"ProgramOfThought", "CodeAct"}
@@ -34,11 +37,15 @@ _cache_lock = threading.Lock()
 def module_class(name: str) -> type:
     """The class a registry name stands for, loaded from the registry record's import path.
 
+    Only DSPy's own classes (root ``dspy``) and classes under ``DSPEX_TRUSTED_IMPORT_ROOTS`` are ever
+    imported; the standard library never is, whatever a record says (see `dspex.imports`).
+
     Args:
         name: A registry name (``dspy.Predict``) or a registered user import path.
 
     Raises:
         UnknownModuleError: The registry does not know ``name``.
+        UntrustedImportError: The record's import path is not allowed (nothing was imported).
         PipelineSpecError: The record's import path does not load to a class.
     """
     import registry
@@ -48,16 +55,36 @@ def module_class(name: str) -> type:
     if path is None:
         module_name, _, attr = name.rpartition(".")
         path = f"{module_name}:{attr}"
-    module_name, attr = path.split(":")
+    what = "user program" if info.metadata.source == "user" else "module"
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj: Any = load_attribute(path, also_allowed=_DSPY_ROOTS, what=what)
     except (ImportError, AttributeError) as exc:
         raise PipelineSpecError(f"cannot load module {name!r} from {path!r}: {exc}") from exc
     if not isinstance(obj, type):
         raise PipelineSpecError(f"{name!r} ({path}) is not a class")
     return obj
+
+
+def program_class(name: str) -> type[dspy.Module]:
+    """`module_class`, checked to be a ``dspy.Module`` subclass defined under an allowed root.
+
+    This runs before the class is instantiated with a spec's options, so a record that names some
+    other class (``subprocess:Popen`` smuggled in under a trusted package) never gets called.
+
+    Raises:
+        UntrustedImportError: Not a ``dspy.Module`` subclass, or defined outside the allowed roots.
+    """
+    cls = module_class(name)
+    if not issubclass(cls, dspy.Module):
+        raise UntrustedImportError(
+            f"{name!r} is {cls.__module__}.{cls.__qualname__}, not a dspy.Module subclass"
+        )
+    root = str(getattr(cls, "__module__", "")).split(".")[0]
+    if root not in _DSPY_ROOTS and root not in trusted_roots():
+        raise UntrustedImportError(
+            f"{name!r} resolves to {cls.__module__}.{cls.__qualname__}, defined outside the trusted roots"
+        )
+    return cls
 
 
 def sandbox_available() -> bool:
@@ -96,7 +123,10 @@ def build_module(step: Any) -> dspy.Module:
 
 
 def _build(step: Any) -> dspy.Module:
-    cls = module_class(step.module)
+    if step.module.split(".")[0] == "dspy" and step.module.rsplit(".", 1)[-1] == "Parallel":
+        cls: type = module_class(step.module)  # dspy.Parallel wraps an inner module (checked below)
+    else:
+        cls = program_class(step.module)
     short = cls.__name__
     options = dict(step.options)
     if short in _CODE_RUNNERS and not sandbox_available():
@@ -118,7 +148,7 @@ def _build(step: Any) -> dspy.Module:
             if not step.reward:
                 raise PipelineSpecError(f"{short} needs a 'reward' function", step=step.name)
             inner_name = options.pop("inner", "dspy.Predict")
-            inner = module_class(inner_name)(signature)
+            inner = program_class(inner_name)(signature)
             options.setdefault("N", 3)
             options.setdefault("threshold", 1.0)
             return cls(module=inner, reward_fn=resolve_callable(step.reward), **options)
@@ -126,7 +156,7 @@ def _build(step: Any) -> dspy.Module:
             return _MultiChain(signature, **options)
         if short == "Parallel":
             inner_name = options.pop("inner", "dspy.Predict")
-            return module_class(inner_name)(signature, **options)
+            return program_class(inner_name)(signature, **options)
         return cls(signature, **options)
     except TypeError as exc:
         raise PipelineSpecError(

@@ -155,6 +155,7 @@ def test_multi_chain_comparison_compares_attempts():
 def test_user_program_registered_by_import_path(monkeypatch):
     import registry
 
+    monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
     registry.register_user_module("fixtures_pkg.programs:Shout", category="custom")
     lm = DummyLM({f"<<q{i}>>": {"answer": f"a{i}"} for i in range(3)})
     spec = one_step({"module": "fixtures_pkg.programs:Shout", "inputs": {"question": "question"}})
