@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dspex.exceptions import DSPexError
 from dspex.settings import Settings
+from flows import events, metrics
 from flows.pools import get_local_pool
 from flows.router import RouteDecision, route_step
 from flows.spec import ConditionalStep, MapStep, ModuleStep, NativeStep, ParallelStep, RetrieveStep
@@ -168,6 +169,7 @@ def _module_step(
     step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
 ) -> None:
     decision = route_step(step, len(active), ctx.settings, ctx.availability)
+    events.step_decided(decision, len(active))
     _log(
         "route %s: %s (%d rows, %d batches of %d)",
         step.name,
@@ -198,6 +200,7 @@ def _module_step(
                 for key, value in output.items():
                     set_field(rows[i], key, value)
     _learn(decision, results)
+    metrics.observe_batches(step.name, results)
     ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused))
 
 
@@ -301,6 +304,13 @@ def _record(
     reused: int,
 ) -> StepRecord:
     indices = [i for chunk in chunks for i in chunk]
+    events.estimate_drift(
+        step.name,
+        module=decision.module,
+        pool=decision.pool,
+        estimated_ms=decision.estimated_ms,
+        actual_ms=actual_ms,
+    )
     error = abs(decision.estimated_ms - actual_ms) / actual_ms * 100 if actual_ms > 0 else None
     return StepRecord(
         step=step.name,
@@ -341,6 +351,7 @@ def _retrieve_step(
         return
     decision = route_step(step, len(active), ctx.settings, ctx.availability)
     _log("route %s: %s", step.name, decision.reason)
+    events.step_decided(decision, len(active))
     chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
     ctx.batches_total += len(chunks)
     pool = get_local_pool(decision.pool, ctx.settings)
@@ -371,6 +382,7 @@ def _retrieve_step(
 
     for latency in latencies:
         registry.record_duration(decision.module, latency, pool=decision.pool)
+    metrics.observe_latencies(step.name, latencies)
     ctx.records.append(_record(step, decision, chunks, rows, actual_ms, 0))
 
 

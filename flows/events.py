@@ -51,6 +51,7 @@ __all__ = [
     "pool_fallback",
     "run_scope",
     "run_summary",
+    "step_decided",
     "step_routed",
 ]
 
@@ -409,3 +410,34 @@ def health_failed(failed: Sequence[Mapping[str, Any]], *, total: int) -> Event |
         },
         payload={"failed": [dict(c) for c in failed], "checks": total},
     )
+
+
+# --- what the engine calls ------------------------------------------------------------------------
+
+
+def step_decided(decision: Any, rows: int) -> None:
+    """The router decided where a step runs: emit ``dspex.step.routed``, and ``dspex.pool.fallback``
+    when the decision moved the step off the pool it asked for.
+
+    Args:
+        decision: The router's `flows.router.RouteDecision`.
+        rows: Rows the step will process.
+    """
+    if not events_active():
+        return
+    step_routed(
+        decision.step,
+        module=decision.module,
+        pool=decision.pool,
+        requested_pool=decision.requested_pool,
+        reason=decision.reason,
+        rows=rows,
+        batches=decision.batches,
+        batch_size=decision.batch_size,
+        estimated_ms=round(decision.estimated_ms, 1),
+        estimate_source=decision.estimate_source,
+    )
+    if decision.pool != decision.requested_pool:
+        pool_fallback(
+            decision.step, requested_pool=decision.requested_pool, pool=decision.pool, reason=decision.reason
+        )
