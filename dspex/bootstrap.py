@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
+from dspex.redact import install_log_redaction
 from dspex.settings import get_settings
 
 __all__ = ["configure_prefect", "embedded"]
@@ -85,3 +86,4 @@ def _disable_flow_heartbeats() -> None:
 
 
 configure_prefect()
+install_log_redaction()

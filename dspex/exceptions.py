@@ -65,8 +65,8 @@ __all__ = [
     "StepExecutionError",
     "TemplateError",
     "TemplateSecurityError",
-    "UntrustedImportError",
     "UnknownModuleError",
+    "UntrustedImportError",
     "is_retryable",
     "retry_condition",
 ]
@@ -82,6 +82,11 @@ class DSPexError(Exception):
 
     code: str = "dspex_error"
     retryable: bool = False
+
+    def __init__(self, *args: Any) -> None:
+        from dspex.redact import redact  # the message reaches logs, states and artifacts: mask secrets
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(DSPexError, ValueError):

@@ -258,10 +258,14 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The effective values, JSON-able, with every secret masked."""
+        from dspex.redact import redact_url
+
         values = self.model_dump(mode="json")
+        # URLs may carry credentials (http://user:pw@host, s3://KEY:SECRET@bucket): mask them too.
+        values = {k: redact_url(v) if isinstance(v, str) and "://" in v else v for k, v in values.items()}
         values["lm_api_key"] = "**********" if self.lm_api_key else None
         values["resolved_prefect_home"] = str(self.resolved_prefect_home)
-        values["resolved_payload_url"] = self.resolved_payload_url
+        values["resolved_payload_url"] = redact_url(self.resolved_payload_url)
         values["resolved_registry_path"] = str(self.resolved_registry_path)
         return values
 

@@ -17,6 +17,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from dspex.redact import redact
+
 __all__ = [
     "DURATION_ARTIFACT_KEY",
     "duration_rows",
@@ -89,7 +91,9 @@ def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any],
             for f in summary.failures[:20]
         ]
     return create_markdown_artifact(
-        key=summary_key(summary.pipeline), markdown="\n".join(lines), description="Pipeline run summary"
+        key=summary_key(summary.pipeline),
+        markdown=redact("\n".join(lines)),  # credentials in URLs or error text never reach the database
+        description="Pipeline run summary",
     )
 
 

@@ -24,6 +24,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
 from dspex.exceptions import DSPexError
+from dspex.redact import redact
 from dspex.settings import Settings
 from flows import events, metrics
 from flows.pools import get_local_pool
@@ -135,7 +136,7 @@ def _fail(row: dict[str, Any], step: str | None, error: RowError | BaseException
     if isinstance(error, RowError):
         row[ERROR_FIELD] = {"step": step, "type": error.type, "message": error.message}
     else:
-        row[ERROR_FIELD] = {"step": step, "type": type(error).__name__, "message": str(error)}
+        row[ERROR_FIELD] = {"step": step, "type": type(error).__name__, "message": redact(str(error))}
 
 
 def _record_inline(

@@ -26,9 +26,10 @@ from typing import Any
 import dspy
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dspex.exceptions import InputValidationError, StepExecutionError, is_retryable, retry_condition
+from dspex.redact import redact
 from tasks.modules import build_module
 from tasks.rows import MISSING, get_field, to_jsonable
 
@@ -42,6 +43,11 @@ class RowError(BaseModel):
 
     type: str = Field(description="The exception's class name.")
     message: str = Field(description="The exception's message (never contains secrets).")
+
+    @field_validator("message")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        return redact(value)  # keeps the promise above, whoever builds the error
     retryable: bool = Field(description="Whether the error was transient.")
 
 

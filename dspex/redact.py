@@ -1,0 +1,130 @@
+"""One redaction function for everything DSPex shows: settings, row errors, logs, artifacts, states.
+
+Secrets reach text in three shapes, and `redact` masks all three:
+
+- **URL userinfo**: ``http://alice:pw@host/v1``, ``s3://KEY:SECRET@bucket/p`` become
+  ``http://***@host/v1``, ``s3://***@bucket/p`` (the user name goes too: for object stores it *is*
+  the access key);
+- **secret query parameters**: ``?api_key=...``, ``&token=...``, ``X-Amz-Signature=...`` and the like
+  keep their name and lose their value;
+- **known secret values**: the LM API key from the settings or from the variable they name, and
+  ``Authorization: Bearer ...`` headers, wherever they appear.
+
+`redact` is idempotent and cheap on text without ``://``, ``=`` or a known secret (a few regex
+scans), so it can run on every log record (`install_log_redaction`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["MASK", "install_log_redaction", "known_secrets", "redact", "redact_url"]
+
+#: What a secret is replaced with.
+MASK = "***"
+
+# A URL in free text: scheme://, then anything up to whitespace or a quote/bracket.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+# Query or key=value parameters whose value is a credential.
+# The key must *end* with the secret word, so ``max_tokens=5`` or ``author=x`` stay readable.
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<key>\b[\w.\-]*?(?:api[_-]?key|apikey|access[_-]?key|secret|secret[_-]?key|token|password|"
+    r"passwd|pwd|signature|sig|credential|authorization|session[_-]?key))(?P<sep>=)(?P<value>[^\s&;,'\"<>]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo and secret query values masked; anything else is left as is.
+
+    Args:
+        url: A URL (or any string; one that does not parse is returned through `redact`).
+    """
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return _mask_params(text)
+    if parts.query:
+        text = urlunsplit(parts._replace(query=_mask_params(parts.query)))
+    return text
+
+
+def _mask_params(text: str) -> str:
+    return _SECRET_PARAM.sub(
+        lambda m: m.group(0) if m["value"] == MASK else f"{m['key']}{m['sep']}{MASK}", text
+    )
+
+
+def known_secrets() -> list[str]:
+    """The secret values configured here: the LM API key (setting or the variable it names).
+
+    Values shorter than 6 characters are left out: masking them would mangle ordinary words.
+    """
+    found: list[str] = []
+    try:
+        from dspex.settings import get_settings
+
+        settings = get_settings()
+        if settings.lm_api_key is not None:
+            found.append(settings.lm_api_key.get_secret_value())
+        found.append(os.environ.get(settings.lm_api_key_env, ""))
+    except Exception:  # broken settings must not stop an error from being shown
+        found.append(os.environ.get("OPENAI_API_KEY", ""))
+    return [s for s in dict.fromkeys(found) if len(s) >= 6]
+
+
+def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
+    """``text`` (made a string) with every URL credential, secret parameter and known secret masked.
+
+    Args:
+        text: What will be shown or stored (an error message, a log line, a setting).
+        secrets: Secret values to mask besides `known_secrets` (which is used when None).
+
+    Returns:
+        The masked text; text without secrets comes back unchanged.
+    """
+    value = text if isinstance(text, str) else str(text)
+    for secret in known_secrets() if secrets is None else [s for s in secrets if s]:
+        if secret in value:
+            value = value.replace(secret, MASK)
+    if "://" in value:
+        value = _URL.sub(lambda m: redact_url(m.group(0)), value)
+    if "=" in value or ":" in value:
+        value = _mask_params(value)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+
+
+class _RedactingFactory:
+    """A log record factory that masks secrets in the message and traceback as records are made,
+    so every handler (console, file, Prefect's API handler) only ever sees the masked text."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.inner(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report, not ours
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(formatted)
+        return record
+
+
+def install_log_redaction() -> None:
+    """Mask secrets in every log record this process makes (idempotent)."""
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(current))

@@ -1,0 +1,123 @@
+"""Item 8 of issue 13: credentials in URLs and error text never reach the terminal, the logs, row
+errors, artifacts or Prefect's database (one redaction function, `dspex.redact.redact`).
+
+The original failure: ``DSPEX_LM_API_BASE=http://alice:pw@host/v1`` and
+``DSPEX_PAYLOAD_URL=s3://KEY:SECRET@bucket/p`` were printed in clear by ``dspex settings``, and the
+credentials reached ``flow_run_state.message``, logs and artifacts through an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from dspy.utils.dummies import DummyLM
+from typer.testing import CliRunner
+
+from deployments.cli import app
+from dspex.exceptions import PayloadError, StepExecutionError
+from dspex.redact import redact, redact_url
+from tasks.batch import RowError
+
+PASSWORD = "s3cr3t-pass-word"
+URL = f"http://alice:{PASSWORD}@llm.internal/v1"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_settings_command_masks_url_credentials(monkeypatch, as_json):
+    monkeypatch.setenv("DSPEX_LM_API_BASE", URL)
+    monkeypatch.setenv("DSPEX_PAYLOAD_URL", "s3://AKIAKEYID:SECRETKEY123@bucket/p")
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["settings", *(["--json"] if as_json else [])])
+    assert result.exit_code == 0, result.output
+    for secret in (PASSWORD, "alice", "AKIAKEYID", "SECRETKEY123"):
+        assert secret not in result.output
+    assert "llm.internal/v1" in result.output and "bucket/p" in result.output
+    if as_json:
+        values = json.loads(result.output)
+        assert values["lm_api_base"] == "http://***@llm.internal/v1"
+        assert values["resolved_payload_url"] == "s3://***@bucket/p"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://h/x?api_key=abc123&page=2", "https://h/x?api_key=***&page=2"),
+        (
+            "s3://b/k?X-Amz-Credential=AK&X-Amz-Signature=ff00",
+            "s3://b/k?X-Amz-Credential=***&X-Amz-Signature=***",
+        ),
+        ("header Authorization: Bearer sk-abcdefghijklmnop", "header Authorization: Bearer ***"),
+        ("max_tokens=5 author=me signature: list[int", "max_tokens=5 author=me signature: list[int"),
+    ],
+)
+def test_redact_masks_query_secrets_and_tokens_but_nothing_else(text, expected):
+    assert redact(text) == expected
+    assert redact(redact(text)) == expected  # idempotent
+
+
+def test_known_api_key_is_masked_wherever_it_appears(monkeypatch):
+    monkeypatch.setenv("DSPEX_LM_API_KEY_ENV", "MY_KEY")
+    monkeypatch.setenv("MY_KEY", "sk-live-0123456789")
+    assert redact("the provider said: invalid key sk-live-0123456789") == "the provider said: invalid key ***"
+    assert redact_url(URL) == "http://***@llm.internal/v1"
+
+
+def test_row_errors_and_dspex_errors_never_carry_credentials():
+    error = RowError(type="APIConnectionError", message=f"cannot connect to {URL}", retryable=True)
+    assert PASSWORD not in error.message and "llm.internal" in error.message
+    exc = PayloadError("cannot read payload", uri="s3://AKIAKEYID:SECRETKEY123@bucket/p/x.arrow")
+    assert "SECRETKEY123" not in str(exc) and "bucket/p/x.arrow" in str(exc)
+
+
+def test_log_records_are_masked_for_every_handler(caplog):
+    logger = logging.getLogger("dspex.security-test")
+    with caplog.at_level(logging.INFO):
+        logger.info("calling %s", URL)
+        try:
+            raise RuntimeError(f"refused by {URL}")
+        except RuntimeError:
+            logger.exception("LM call failed")
+    text = caplog.text
+    assert PASSWORD not in text
+    assert "http://***@llm.internal/v1" in text
+
+
+class _LeakyLM(DummyLM):
+    """An LM whose provider error quotes the URL it called, credentials included."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"connection refused by {URL}")
+
+
+@pytest.mark.integration
+def test_failed_run_keeps_credentials_out_of_prefect_database():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows import PipelineSpec, run_pipeline
+    from flows.pools import shutdown_local_pools
+
+    spec = PipelineSpec.model_validate(
+        {"name": "leaky", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+    )
+    try:
+        state = run_pipeline(
+            spec, data=[{"question": "q"}], lm=_LeakyLM([]), continue_on_error=False, return_state=True
+        )
+    finally:
+        shutdown_local_pools()
+    assert state.is_failed()
+    with pytest.raises(StepExecutionError) as caught:
+        state.result()
+    assert PASSWORD not in str(caught.value)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts()
+    stored = [run.state.message or "", *(log.message for log in logs)]
+    stored += [json.dumps(a.data) for a in artifacts if a.flow_run_id == flow_run_id]
+    assert "llm.internal" in " ".join(stored)  # the error is reported...
+    assert not [text for text in stored if PASSWORD in text]  # ...without the password
