@@ -16,26 +16,11 @@ import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before P
 __all__ = ["main", "start_worker"]
 
 
-def _disable_flow_heartbeats() -> None:
-    # A sync flow joins its heartbeat thread when it ends (~1 s per run, DESIGN.md). A dspex worker's
-    # runs are watched through the *worker's* heartbeats by the dispatcher, so flow heartbeats only
-    # cost. Prefect's setting cannot be None from the environment, hence the root-context copy.
-    import prefect.context
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-
-    root = prefect.context.GLOBAL_SETTINGS_CONTEXT
-    settings = root.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
-        profile=root.profile, settings=settings
-    )
-
-
 async def start_worker(pool: str, name: str, worker_type: str, limit: int | None) -> None:
     """Run a worker of ``worker_type`` (``dspex`` or ``process``) on ``pool`` until it is stopped."""
     if worker_type == "dspex":
         from deployments.worker import DSPexWorker
 
-        _disable_flow_heartbeats()
         worker: object = DSPexWorker(pool, name=name, limit=limit, create_pool_if_not_found=False)
     else:
         from prefect.workers.process import ProcessWorker

@@ -11,6 +11,12 @@ The trade-off is isolation: flow runs share the worker's process and environment
 starts, see `worker_environment`), and the flow code must be importable there (the worker runs from
 the project's checkout, or with the project installed). The plain alternative, one process per run,
 is ``prefect worker start --pool NAME --type process`` on a pool created with ``--type process``.
+
+The type is registered the way Prefect collections register theirs (a ``prefect.collections`` entry
+point in ``pyproject.toml`` naming this module), so Prefect's own ``prefect worker start --pool
+general`` finds it. Started that way, the worker applies the same defaults ``dspex worker`` sets
+(`apply_worker_defaults`): fast polling and heartbeats, a DSPy cache folder of its own, no GPU outside
+the gpu pool, and no flow-run heartbeats; a variable the user set explicitly always wins.
 """
 
 from __future__ import annotations
@@ -41,9 +47,15 @@ __all__ = [
     "DSPexWorker",
     "DSPexWorkerResult",
     "WorkerOptions",
+    "apply_worker_defaults",
+    "disable_flow_heartbeats",
     "load_entrypoint",
     "worker_environment",
 ]
+
+#: Poll and heartbeat intervals of a dspex worker unless the user set Prefect's own variables.
+DEFAULT_QUERY_SECONDS = 0.5
+DEFAULT_HEARTBEAT_SECONDS = 5
 
 
 class DSPexJobConfiguration(BaseJobConfiguration):
@@ -105,9 +117,23 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
 
     def __init__(self, work_pool_name: str, limit: int | None = 8, **kwargs: Any) -> None:
         super().__init__(work_pool_name, limit=limit, **kwargs)
+        if "PREFECT_WORKER_HEARTBEAT_SECONDS" not in os.environ:
+            self.heartbeat_interval_seconds = DEFAULT_HEARTBEAT_SECONDS
+        apply_worker_defaults(work_pool_name, self.name)
         self._flows: dict[str, Flow[..., Any]] = {}
         self._flows_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=max(limit or 8, 1), thread_name_prefix="dspex-run")
+
+    async def start(self, *args: Any, **kwargs: Any) -> None:
+        """Start polling (every `DEFAULT_QUERY_SECONDS` unless ``PREFECT_WORKER_QUERY_SECONDS`` is set)."""
+        from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+
+        disable_flow_heartbeats()
+        if "PREFECT_WORKER_QUERY_SECONDS" in os.environ:
+            await super().start(*args, **kwargs)
+            return
+        with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: DEFAULT_QUERY_SECONDS}):
+            await super().start(*args, **kwargs)
 
     async def teardown(self, *exc_info: Any) -> None:
         """Stop the run threads after the base worker's own cleanup."""
@@ -162,6 +188,48 @@ def _run_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> int:
     return 0
 
 
+def disable_flow_heartbeats() -> None:
+    """Turn off flow-run heartbeats in this process (a dspex worker's runs are watched through its own).
+
+    A sync flow joins its heartbeat thread when it ends (~1 s per run, DESIGN.md); the dispatcher
+    watches the *worker's* heartbeats instead. Prefect's setting cannot be None from the environment,
+    hence the root-context copy.
+    """
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    root = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    settings = root.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
+        profile=root.profile, settings=settings
+    )
+
+
+def apply_worker_defaults(pool: str, name: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set, in this process, the `worker_environment` variables the user did not set (DSPy cache, GPUs).
+
+    ``dspex worker`` sets them before the process starts; ``prefect worker start --pool NAME`` does
+    not, so the worker sets the missing ones when it is built, before it imports DSPy or torch.
+
+    Args:
+        pool: The pool the worker serves.
+        name: The worker's name.
+        environ: The environment to update (default ``os.environ``).
+
+    Returns:
+        The variables that were set.
+    """
+    from dspex.settings import get_settings
+
+    target = os.environ if environ is None else environ
+    wanted = worker_environment(WorkerOptions(pool, name), get_settings(), base={})
+    applied = {}
+    for key in ("DSPY_CACHEDIR", "CUDA_VISIBLE_DEVICES"):
+        if key in wanted and key not in target:
+            target[key] = applied[key] = wanted[key]
+    return applied
+
+
 class WorkerOptions:
     """The environment one worker process runs with (see `worker_environment`).
 
@@ -199,8 +267,11 @@ def worker_environment(
     * ``CUDA_VISIBLE_DEVICES``: passed through (or ``options.gpus``) for the gpu pool, empty for the
       other pools so they never take a GPU from it;
     * ``PREFECT_WORKER_QUERY_SECONDS`` / ``PREFECT_WORKER_HEARTBEAT_SECONDS``: fast pick-up, and a dead
-      worker noticed in seconds;
-    * ``DSPEX_MODE=local``: a run-step on a worker runs its batch locally, it never dispatches again.
+      worker noticed in seconds.
+
+    ``DSPEX_MODE`` is left alone: an orchestrating flow (run-pipeline, rag-qa, ...) that a worker runs
+    decides its mode itself (`flows.modes`), and a run-step batch never dispatches again whatever the
+    mode (it runs on the worker's own pool executor).
 
     Args:
         options: The worker's options.
@@ -218,5 +289,4 @@ def worker_environment(
         env["CUDA_VISIBLE_DEVICES"] = ""
     env["PREFECT_WORKER_QUERY_SECONDS"] = str(options.query_seconds)
     env["PREFECT_WORKER_HEARTBEAT_SECONDS"] = str(options.heartbeat_seconds)
-    env["DSPEX_MODE"] = "local"
     return env

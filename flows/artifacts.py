@@ -1,7 +1,10 @@
 """Prefect artifacts of a pipeline run: estimated versus actual durations, a summary, progress.
 
-The duration table's key, ``duration-estimates``, is stable across runs, so Prefect keeps its
-history (the Artifacts page shows every version); the summary is keyed by pipeline name.
+Every key is per pipeline (``duration-estimates-<pipeline>``, ``pipeline-summary-<pipeline>``,
+``progress-<pipeline>``) and stable across its runs, so the UI's timeline of a key is one pipeline's
+history. The ``pool`` column names the pool that actually ran the step's batches: when a pool could
+not take work and its batches went elsewhere (the fallback policy), it says so, e.g.
+``general (fallback from gpu)``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from dspex.redact import redact
 
 __all__ = [
     "DURATION_ARTIFACT_KEY",
+    "duration_key",
     "duration_rows",
+    "pool_label",
     "progress_reporter",
     "summary_key",
     "write_duration_artifact",
@@ -33,7 +38,35 @@ DURATION_ARTIFACT_KEY = "duration-estimates"
 
 def summary_key(pipeline: str) -> str:
     """The summary artifact's key for a pipeline (Prefect keys: lowercase letters, digits, dashes)."""
-    return "pipeline-summary-" + re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-")
+    return "pipeline-summary-" + _slug(pipeline)
+
+
+def _slug(pipeline: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-")
+
+
+def duration_key(pipeline: str) -> str:
+    """The duration table's key for a pipeline: ``duration-estimates-<pipeline>``."""
+    return f"{DURATION_ARTIFACT_KEY}-{_slug(pipeline)}"[:100]
+
+
+def pool_label(record: Any) -> str:
+    """The pool(s) that actually ran a step, with the fallback shown.
+
+    The engine records the pool it routed to (``pool``), the one the registry or the step asked for
+    (from the route's reason) and, per dispatched batch, where it actually ran (``actual_pool``, a
+    name or a list of names).
+    """
+    routed = str(record.pool)
+    actual = getattr(record, "actual_pool", None) or routed
+    ran = [actual] if isinstance(actual, str) else sorted(set(actual)) or [routed]
+    requested = getattr(record, "requested_pool", None)
+    if not requested and str(getattr(record, "reason", "")).startswith("fallback: pool '"):
+        requested = str(record.reason).split("'", 2)[1]
+    requested = requested or routed
+    label = ", ".join(ran)
+    moved = [p for p in ran if p != requested]
+    return f"{label} (fallback from {requested})" if moved else label
 
 
 def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
@@ -43,7 +76,7 @@ def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
             "step": r.step,
             "kind": r.kind,
             "module": r.module or "-",
-            "pool": r.pool,
+            "pool": pool_label(r),
             "batch size": r.batch_size,
             "batches": r.batches,
             "rows": r.rows,
@@ -58,9 +91,9 @@ def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
 
 
 def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> Any:
-    """Create the ``duration-estimates`` table artifact for this run."""
+    """Create this run's duration table artifact (key `duration_key`)."""
     return create_table_artifact(
-        key=DURATION_ARTIFACT_KEY,
+        key=duration_key(pipeline),
         table=duration_rows(records),
         description=f"Estimated vs actual step durations of pipeline '{pipeline}' (LM: {lm_name}). "
         "Static estimates come from the registry catalogue; learned ones from earlier runs.",
@@ -82,7 +115,7 @@ def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any],
         "",
         "| step | pool | why |",
         "|---|---|---|",
-        *[f"| {r.step} | {r.pool} | {r.reason} |" for r in records],
+        *[f"| {r.step} | {pool_label(r)} | {r.reason} |" for r in records],
     ]
     if summary.failures:
         lines += ["", "## Failed rows (first 20)", "", "| row | step | error |", "|---|---|---|"]

@@ -9,19 +9,23 @@ row dicts at once.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from dspex.exceptions import InputValidationError
-from dspex.settings import Mode
-from flows.params import safe_flow
+from flows.modes import RunMode
+from flows.params import LMParam, safe_flow
 from flows.pipeline import PipelineResult, run_pipeline
 from flows.spec import PipelineSpec
 from tasks.payloads import Dataset, PayloadRef
 
-__all__ = ["BatchPredictResult", "batch_predict", "open_dataset"]
+__all__ = ["DEMO_DATASET", "BatchPredictResult", "batch_predict", "open_dataset"]
+
+#: The bundled question set (40 rows with ``question``), the default dataset of a quick run.
+DEMO_DATASET = str(Path(__file__).resolve().parents[1] / "tasks" / "data" / "questions.jsonl")
 
 
 class BatchPredictResult(BaseModel):
@@ -42,10 +46,11 @@ class BatchPredictResult(BaseModel):
 
 
 def open_dataset(dataset: str | PayloadRef | dict[str, Any]) -> Dataset:
-    """The dataset a parameter names: a path/URL, a PayloadRef, or a PayloadRef's JSON."""
+    """The dataset a parameter names: a path/URL, ``"demo"`` (the bundled questions), a PayloadRef, or
+    a PayloadRef's JSON."""
     if not isinstance(dataset, str):
         return Dataset.from_ref(dataset)
-    return Dataset.from_path(dataset)
+    return Dataset.from_path(DEMO_DATASET if dataset == "demo" else dataset)
 
 
 @safe_flow(
@@ -55,17 +60,20 @@ def open_dataset(dataset: str | PayloadRef | dict[str, Any]) -> Dataset:
 )
 def batch_predict(
     spec: PipelineSpec,
-    dataset: str | PayloadRef,
+    dataset: str | PayloadRef = "demo",
     chunk_rows: int = 10_000,
-    mode: Mode | None = None,
+    mode: RunMode = "auto",
+    lm: LMParam = None,
 ) -> BatchPredictResult:
     """Run ``spec`` over every row of ``dataset``, ``chunk_rows`` rows at a time.
 
     Args:
         spec: The pipeline.
-        dataset: A JSONL/CSV/Parquet path or fsspec URL, or a `PayloadRef`.
+        dataset: A JSONL/CSV/Parquet path or fsspec URL, or a `PayloadRef`; ``"demo"`` (the
+            default): the bundled questions.
         chunk_rows: Rows per chunk (one `run_pipeline` subflow each).
-        mode: ``local`` or ``distributed``; default from ``DSPEX_MODE``.
+        mode: ``auto`` (default; decided per chunk, `flows.modes`), ``local`` or ``distributed``.
+        lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
     """
     logger = get_run_logger()
     if chunk_rows < 1:
@@ -79,7 +87,7 @@ def batch_predict(
         for i, row in enumerate(rows):
             row["_row"] = offset + i  # dataset-wide row numbers in outputs and failures
         chunk_flow = run_pipeline.with_options(flow_run_name=f"{spec.name}-chunk-{n}")
-        result: PipelineResult = chunk_flow(spec, data=rows, mode=mode, continue_on_error=True)
+        result: PipelineResult = chunk_flow(spec, data=rows, lm=lm, mode=mode, continue_on_error=True)
         parts.append(result.output)
         rows_out += result.summary.rows_out
         failed += result.summary.failed

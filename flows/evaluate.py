@@ -20,10 +20,11 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
-from dspex.exceptions import PipelineSpecError, PoolUnavailableError
+from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
-from flows.params import safe_flow
+from flows.params import LMParam, resolve_lm, safe_flow
 from flows.pipeline import load_rows
 from flows.pools import LocalPool, get_local_pool
 from flows.spec import ModuleStep, PipelineSpec
@@ -39,6 +40,7 @@ from tasks.evaluate import (
 from tasks.payloads import PayloadRef, read_rows, write_payload
 
 __all__ = [
+    "DEFAULT_PROGRAM",
     "EvaluateResult",
     "ProgressArtifact",
     "artifact_key",
@@ -46,6 +48,10 @@ __all__ = [
     "pick_pool",
     "validate_program",
 ]
+
+
+#: The program a quick run evaluates (and optimizes): chain-of-thought QA over the bundled questions.
+DEFAULT_PROGRAM = ModuleStep(module="dspy.ChainOfThought", signature="question -> answer")
 
 
 class EvaluateResult(BaseModel):
@@ -116,14 +122,15 @@ def pick_pool(name: str, settings: Settings) -> LocalPool:
     Raises:
         PoolUnavailableError: It cannot take work and ``DSPEX_FALLBACK_POLICY`` is ``fail``.
     """
+    from flows.router import fallback_pool
+
     pool = get_local_pool(name, settings)
     ok, reason = pool.availability()
     if ok:
         return pool
-    if settings.fallback_policy == "fail" or name == "general":
-        raise PoolUnavailableError(name, reason)
-    get_run_logger().warning("pool %s cannot take work (%s); using the general pool", name, reason)
-    return pick_pool("general", settings)
+    chosen = fallback_pool(name, reason, settings, lambda p: get_local_pool(p, settings).availability())
+    get_run_logger().warning("pool %s cannot take work (%s); using the %s pool", name, reason, chosen)
+    return get_local_pool(chosen, settings)
 
 
 class ProgressArtifact:
@@ -173,31 +180,31 @@ class ProgressArtifact:
     validate_parameters=True,
 )
 def evaluate_program(
-    program: ModuleStep,
-    devset: list[dict[str, Any]] | PayloadRef | str | Any = None,
+    program: ModuleStep = DEFAULT_PROGRAM,
+    devset: list[dict[str, Any]] | PayloadRef | str | SkipJsonSchema[Any] = "demo",
     metrics: list[str] | None = None,
     input_keys: list[str] | None = None,
-    lm: Any = None,
+    lm: LMParam = None,
 ) -> EvaluateResult:
     """Evaluate ``program`` on ``devset``.
 
     Args:
         program: The program as a module step; ``state`` names compiled state (a JSON file or a
-            PayloadRef's JSON) to load first.
+            PayloadRef's JSON) to load first. Default: `DEFAULT_PROGRAM`.
         devset: Rows (with the program's inputs and the gold fields), a DataFrame, a `PayloadRef`,
-            or a dataset path/URL.
+            a dataset path/URL, or ``"demo"`` (the default: the bundled questions).
         metrics: Native metric names (``exact_match``, ``f1``, ``passage_match``) or trusted import
             paths / registered callables; default ``["exact_match"]``.
         input_keys: Which fields are inputs; default the signature's inputs.
-        lm: A DSPy LM for programmatic callers; by default built from the settings. Never stored in
-            the run's parameters.
+        lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
+            Never stored with a key.
 
     Raises:
         PipelineSpecError: A bad program (before any LM call).
         MetricError: An unknown metric (before any LM call).
         InputValidationError: An empty devset or rows that lack input fields (before any LM call).
     """
-    from tasks.lm import build_lm, describe_lm
+    from tasks.lm import describe_lm
 
     logger = get_run_logger()
     settings = get_settings()
@@ -210,7 +217,7 @@ def evaluate_program(
         resolve_metric(ref, field=metric_field_for(step))
     to_examples(rows, keys, "devset")
 
-    chosen_lm = lm if lm is not None else build_lm(settings)
+    chosen_lm = resolve_lm(lm, settings)
     lm_info = describe_lm(chosen_lm)
     logger.info(
         "evaluate %s on %d examples with %s (LM: %s)",

@@ -25,10 +25,11 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from dspex.settings import get_settings
-from flows.evaluate import ProgressArtifact, artifact_key, pick_pool, validate_program
-from flows.params import safe_flow
+from flows.evaluate import DEFAULT_PROGRAM, ProgressArtifact, artifact_key, pick_pool, validate_program
+from flows.params import LMParam, resolve_lm, safe_flow
 from flows.pipeline import load_rows
 from flows.spec import ModuleStep
 from tasks.evaluate import (
@@ -101,23 +102,24 @@ def _preview(state_text: str, limit: int = 1200) -> str:
     validate_parameters=True,
 )
 def optimize_program(
-    program: ModuleStep,
-    trainset: list[dict[str, Any]] | PayloadRef | str | Any = None,
-    valset: list[dict[str, Any]] | PayloadRef | str | Any = None,
+    program: ModuleStep = DEFAULT_PROGRAM,
+    trainset: list[dict[str, Any]] | PayloadRef | str | SkipJsonSchema[Any] = "demo",
+    valset: list[dict[str, Any]] | PayloadRef | str | SkipJsonSchema[Any] = None,
     optimizer: str = "BootstrapFewShot",
     metric: str | None = "exact_match",
     input_keys: list[str] | None = None,
     options: dict[str, Any] | None = None,
     compile_options: dict[str, Any] | None = None,
-    lm: Any = None,
+    lm: LMParam = None,
     name: str | None = None,
 ) -> OptimizeResult:
     """Compile ``program`` with ``optimizer`` on ``trainset``.
 
     Args:
-        program: The program as a pipeline module step (``state`` may name a starting state).
-        trainset: Rows with the program's inputs and gold fields, a DataFrame, a `PayloadRef`, or a
-            dataset path/URL.
+        program: The program as a pipeline module step (``state`` may name a starting state);
+            default: `flows.evaluate.DEFAULT_PROGRAM`.
+        trainset: Rows with the program's inputs and gold fields, a DataFrame, a `PayloadRef`, a
+            dataset path/URL, or ``"demo"`` (the default: the bundled questions).
         valset: Optional validation rows (same forms); scores and candidate selection use it.
         optimizer: LabeledFewShot, BootstrapFewShot, BootstrapFewShotWithRandomSearch, MIPROv2, COPRO,
             SIMBA or GEPA (GEPA and MIPROv2 when their optional dependency is installed).
@@ -126,8 +128,8 @@ def optimize_program(
         input_keys: Which fields are inputs; default the signature's inputs.
         options: The optimizer's constructor options (JSON), passed through.
         compile_options: Keyword options of its ``compile`` (e.g. ``num_trials`` for MIPROv2).
-        lm: A DSPy LM for programmatic callers; by default built from the settings. Never stored in
-            the run's parameters.
+        lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
+            Never stored with a key.
         name: The saved state's file name (letters, digits, ``._-``); default from the program,
             optimizer and a unique id.
 
@@ -138,7 +140,7 @@ def optimize_program(
         InputValidationError: An empty trainset, or rows lacking input fields (before any LM call).
     """
     import registry
-    from tasks.lm import build_lm, describe_lm
+    from tasks.lm import describe_lm
 
     logger = get_run_logger()
     settings = get_settings()
@@ -153,7 +155,7 @@ def optimize_program(
     keys = input_keys_for(step, input_keys)
     train = to_examples(load_rows(trainset), keys, "trainset")
     val = to_examples(load_rows(valset), keys, "valset") if valset is not None else None
-    chosen_lm = lm if lm is not None else build_lm(settings)
+    chosen_lm = resolve_lm(lm, settings)
     threads = max(settings.pool_general_capacity, 1)
     build_optimizer(
         short, (lambda *a: 0.0) if metric_ref else None, options, lm=chosen_lm, num_threads=threads

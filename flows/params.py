@@ -1,19 +1,91 @@
-"""Flows whose parameters are safe to store: no API keys, no bulk data in the run's record.
+"""Flow parameters that are safe to store and that the Prefect UI renders as forms.
 
 Prefect stores every flow run's parameters in its database (JSON, via ``jsonable_encoder``, which
 walks arbitrary objects' attributes). A ``dspy.LM`` carries its API key, and a DataFrame of 100k rows
 is no parameter. `SafeParamsFlow` stores an LM as its public description and bulk data as a short
 summary; PayloadRefs, specs and scalars are stored as they are.
+
+The LM parameter of the user-facing flows is `LMParam`: in the Run form it is an `LMConfig` (model,
+API base, temperature, the *name* of a Prefect Secret block holding the key; never a key), while
+Python callers may still pass a live ``dspy.LM`` (kept out of the stored parameters, as above).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from prefect import Flow
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
-__all__ = ["SafeParamsFlow", "safe_flow", "summarize_parameter"]
+if TYPE_CHECKING:
+    from dspex.settings import Settings
+
+__all__ = ["LMConfig", "LMParam", "SafeParamsFlow", "resolve_lm", "safe_flow", "summarize_parameter"]
+
+
+class LMConfig(BaseModel):
+    """Which LM a run uses, as the Run form shows it; unset fields keep the worker's ``DSPEX_LM_*`` settings.
+
+    The API key is never a parameter: name a Prefect Secret block that holds it (``api_key_block``),
+    or leave it to the environment (``DSPEX_LM_API_KEY_ENV``, default ``OPENAI_API_KEY``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="LM")
+
+    model: str | None = Field(
+        default=None,
+        description="LiteLLM model name, e.g. 'openai/gpt-4o-mini'; empty: DSPEX_LM_MODEL (the offline "
+        "LM by default).",
+    )
+    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
+    api_key_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the API key (the key itself is never a parameter).",
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``Settings`` fields this config sets (only the ones given)."""
+        pairs = {
+            "lm_model": self.model,
+            "lm_api_base": self.api_base,
+            "lm_temperature": self.temperature,
+            "lm_api_key_block": self.api_key_block,
+        }
+        return {key: value for key, value in pairs.items() if value is not None and value != ""}
+
+
+def _live_lm(value: Any) -> Any:
+    import dspy
+
+    if not isinstance(value, dspy.BaseLM):
+        raise ValueError(
+            f"expected an LM config (model, api_base, ...) or a dspy LM, got {type(value).__name__}"
+        )
+    return value
+
+
+#: A flow's ``lm`` parameter: an `LMConfig` (what the UI form shows), a live DSPy LM from Python
+#: callers (hidden from the form's schema), or None for the settings' LM.
+LMParam = Annotated[LMConfig | SkipJsonSchema[Annotated[Any, AfterValidator(_live_lm)]] | None, Field()]
+
+
+def resolve_lm(lm: Any, settings: Settings) -> Any:
+    """The DSPy LM a flow uses: a live LM as given, else one built from ``settings`` and an `LMConfig`.
+
+    Raises:
+        LMConfigurationError: The config names an invalid model, or a hosted model with no key.
+    """
+    from tasks.lm import build_lm
+
+    if isinstance(lm, LMConfig):
+        return build_lm(settings, **lm.overrides())
+    if isinstance(lm, dict):  # the JSON of an LMConfig (a caller that skipped validation)
+        return build_lm(settings, **LMConfig.model_validate(lm).overrides())
+    return lm if lm is not None else build_lm(settings)
+
 
 _MAX_INLINE_ROWS = 20
 

@@ -14,13 +14,17 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import InputValidationError, PayloadError, StepExecutionError
 from dspex.settings import Mode, get_settings
+from flows import events, metrics
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
-from flows.params import safe_flow
+from flows.modes import RunMode, needed_pools, resolve_mode
+from flows.params import LMParam, resolve_lm, safe_flow
 from flows.spec import ModuleStep, PipelineSpec
+from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows, write_payload
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
@@ -51,6 +55,9 @@ class PipelineSummary(BaseModel):
     steps: list[StepRecord]
     failures: list[RowFailure] = Field(description="Failed rows (at most 1000 listed).")
     lm: dict[str, Any] = Field(description="The LM used (model, provider; never a key).")
+    metrics: metrics.RunMetrics | None = Field(
+        default=None, description="Throughput, row latency and error rate per step, orchestrator peak RSS."
+    )
 
 
 class PipelineResult(BaseModel):
@@ -67,7 +74,8 @@ class PipelineResult(BaseModel):
 
 
 def load_rows(data: Any) -> list[dict[str, Any]]:
-    """Rows from what a caller passes: rows, a DataFrame, a PayloadRef (or its JSON), a file path/URL.
+    """Rows from what a caller passes: rows, a DataFrame, a PayloadRef (or its JSON), a file path/URL,
+    or ``"demo"`` (the bundled questions: ``id``, ``question``, ``answer``, ``aliases``).
 
     Raises:
         PayloadError: The data cannot be read (the message names it).
@@ -81,6 +89,10 @@ def load_rows(data: Any) -> list[dict[str, Any]]:
         return read_rows(data)
     if isinstance(data, dict) and "uri" in data and "format" in data:
         return read_rows(PayloadRef.model_validate(data))
+    if data == "demo":
+        from tasks.retrieval import load_demo_questions
+
+        return load_demo_questions("all")
     if isinstance(data, str):
         from tasks.payloads import Dataset
 
@@ -149,21 +161,28 @@ def _check_inputs(spec: PipelineSpec, rows: list[dict[str, Any]]) -> None:
 )
 def run_pipeline(
     spec: PipelineSpec,
-    data: list[dict[str, Any]] | PayloadRef | str | Any = None,
-    lm: Any = None,
-    mode: Mode | None = None,
+    data: list[dict[str, Any]] | PayloadRef | str | SkipJsonSchema[Any] = None,
+    lm: LMParam = None,
+    mode: RunMode = "auto",
     continue_on_error: bool | None = None,
+    pipelined: bool = False,
+    chunk_rows: int | None = None,
 ) -> PipelineResult:
     """Run ``spec`` over ``data``.
 
     Args:
         spec: The pipeline (a `PipelineSpec` or its JSON).
-        data: Rows (list of dicts), a pandas DataFrame, a `PayloadRef`, or a dataset path/URL
-            (JSONL, CSV, Parquet).
-        lm: A DSPy LM for programmatic callers in local mode; by default it is built from the
-            settings inside each task. It is never stored in the run's parameters.
-        mode: ``local`` or ``distributed``; default from ``DSPEX_MODE``.
+        data: Rows (list of dicts), a pandas DataFrame, a `PayloadRef`, a dataset path/URL
+            (JSONL, CSV, Parquet), or ``"demo"`` (the bundled questions).
+        lm: Which LM (an `LMConfig`: model, API base, temperature, Secret block name), or a live DSPy
+            LM from Python callers in local mode; default: the settings' LM. Never stored with a key.
+            In distributed mode each worker builds its LM from its own settings.
+        mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
+            run here; `flows.modes`), ``local`` or ``distributed``.
         continue_on_error: Override the spec's ``continue_on_error``.
+        pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
+            batch holds back only its own rows (`flows.streaming`); the output order is the same.
+        chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
 
     Returns:
         The output rows by reference and the run summary.
@@ -175,15 +194,18 @@ def run_pipeline(
             every completed row is still written, and named in the error.
     """
     import registry
-    from tasks.lm import build_lm, describe_lm
+    from tasks.lm import describe_lm
 
     logger = get_run_logger()
-    settings = get_settings(**({"mode": mode} if mode else {}))
+    settings = get_settings()
     started = time.perf_counter()
     rows = load_rows(data)
     _check_inputs(spec, rows)
+    decision = resolve_mode(mode, settings, needed_pools(spec.steps, settings))
+    logger.info("%s", decision.reason)
+    settings = settings.model_copy(update={"mode": decision.mode})
 
-    chosen_lm = lm if lm is not None else build_lm(settings)
+    chosen_lm = resolve_lm(lm, settings)
     lm_info = describe_lm(chosen_lm)
     if lm_info.get("offline"):
         logger.info(
@@ -193,23 +215,32 @@ def run_pipeline(
     else:
         logger.info("LM: %s", lm_info.get("model"))
 
-    dispatch = None
-    if settings.mode == "distributed":
-        from flows.distributed import remote_dispatcher
-
-        dispatch = remote_dispatcher(settings)
     ctx = EngineContext(
         settings=settings,
         lm=chosen_lm,
         lm_key=_lm_key(chosen_lm, lm_info),
         continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
-        dispatch=dispatch,
         on_progress=progress_reporter(spec.name),
     )
+    if settings.mode == "distributed":
+        from flows.executors import RemoteExecutor
+
+        ctx.executor = RemoteExecutor(settings, stop=lambda: ctx.stop)
     check_pools(spec.steps, ctx)
     for i, row in enumerate(rows):
         row.setdefault("_row", i)
-    run_steps(spec.steps, rows, ctx)
+    lm_model = str(lm_info.get("model"))
+    with (
+        events.run_scope(spec.name, lm_model, settings=settings),
+        metrics.collect() as collected,
+        tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
+    ):
+        if pipelined:
+            from flows.streaming import run_pipelined
+
+            run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
+        else:
+            run_steps(spec.steps, rows, ctx)
 
     failures = [
         RowFailure(
@@ -233,8 +264,13 @@ def run_pipeline(
         failures=failures[:1000],
         lm=lm_info,
     )
+    summary.metrics = metrics.build_metrics(
+        ctx.records, collected, len(rows), summary.failed, summary.wall_ms
+    )
     write_duration_artifact(ctx.records, spec.name, str(lm_info.get("model")))
     write_summary_artifact(summary, ctx.records, lm_info, output.uri)
+    with events.run_scope(spec.name, lm_model, settings=settings):
+        events.run_summary(summary)
     try:
         registry.default_registry().save()
     except (OSError, PayloadError) as exc:  # learned estimates are an optimization; say so, go on

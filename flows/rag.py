@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict
 
+from flows.modes import RunMode
+from flows.params import LMParam, safe_flow
 from flows.pipeline import PipelineResult, run_pipeline
 from flows.spec import PipelineSpec
 
@@ -63,13 +65,19 @@ def _question_rows(questions: list[dict[str, Any]] | None, limit: int | None) ->
     return out
 
 
-@flow(name="rag-qa", description="Demo: retrieval-augmented QA over the bundled corpus, scored.")
+@safe_flow(
+    name="rag-qa",
+    description="Demo: retrieval-augmented QA over the bundled corpus, scored.",
+    validate_parameters=True,
+)
 def rag_qa(
     questions: list[dict[str, Any]] | None = None,
     corpus: str | dict[str, Any] = "demo",
     k: int = 3,
     limit: int | None = None,
     module: str = "dspy.ChainOfThought",
+    mode: RunMode = "auto",
+    lm: LMParam = None,
 ) -> RagResult:
     """Answer questions over a corpus and score them.
 
@@ -79,10 +87,13 @@ def rag_qa(
         k: Passages retrieved per question.
         limit: Only the first ``limit`` questions.
         module: The answering module (``dspy.ChainOfThought`` or ``dspy.Predict``).
+        mode: ``auto`` (dispatch retrieval to gpu and answering to general when their workers are
+            live, else run here), ``local`` or ``distributed`` (`flows.modes`).
+        lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
     """
     logger = get_run_logger()
     rows = _question_rows(questions, limit)
-    result = run_pipeline(rag_spec(k=k, corpus=corpus, module=module), data=rows)
+    result = run_pipeline(rag_spec(k=k, corpus=corpus, module=module), data=rows, lm=lm, mode=mode)
     out = result.rows()
     scored = [r for r in out if "_error" not in r]
     em = sum(r["exact_match"] for r in scored) / len(out) if out else 0.0

@@ -39,6 +39,7 @@ from pydantic import (
 
 from dspex.exceptions import PipelineSpecError, SignatureError, UnknownModuleError
 from dspex.imports import is_import_path
+from flows.forms import FormUnion
 
 __all__ = [
     "ConditionalStep",
@@ -381,6 +382,7 @@ Step = Annotated[
         custom_error_message="a step needs one of the keys module, native, retrieve, parallel, "
         "when or map (or an explicit kind)",
     ),
+    FormUnion(),  # anyOf in the JSON schema: Prefect's Run form renders each step kind as a form
 ]
 
 

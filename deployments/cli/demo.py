@@ -89,7 +89,9 @@ def demo(
 def run(
     spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline spec (JSON or YAML)."),
     data: str = typer.Argument(..., help="Dataset path or URL (JSONL, CSV, Parquet)."),
-    mode: str | None = typer.Option(None, help="local or distributed (default: DSPEX_MODE)."),
+    mode: str = typer.Option(
+        "auto", help="auto (pools with live workers, else here; DSPEX_MODE wins), local or distributed."
+    ),
     continue_on_error: bool | None = typer.Option(None, "--continue-on-error/--fail-fast"),
 ) -> None:
     """Run a pipeline spec file over a dataset."""

@@ -11,6 +11,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from dspex.exceptions import InputValidationError, PoolUnavailableError, StepExecutionError
 from flows import PipelineSpec, run_pipeline
+from flows.artifacts import duration_key
 from flows.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def test_duration_artifact_is_readable_through_the_client():
     async def read():
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["duration-estimates"])),
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[duration_key(QA["name"])])),
                 sort=ArtifactSort.CREATED_DESC,
                 limit=1,
             )
