@@ -18,13 +18,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import InputValidationError, PayloadError, StepExecutionError
 from dspex.settings import Mode, get_settings
-from flows import events, metrics
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
 from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.spec import ModuleStep, PipelineSpec
-from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows, write_payload
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
@@ -55,9 +53,6 @@ class PipelineSummary(BaseModel):
     steps: list[StepRecord]
     failures: list[RowFailure] = Field(description="Failed rows (at most 1000 listed).")
     lm: dict[str, Any] = Field(description="The LM used (model, provider; never a key).")
-    metrics: metrics.RunMetrics | None = Field(
-        default=None, description="Throughput, row latency and error rate per step, orchestrator peak RSS."
-    )
 
 
 class PipelineResult(BaseModel):
@@ -165,8 +160,6 @@ def run_pipeline(
     lm: LMParam = None,
     mode: RunMode = "auto",
     continue_on_error: bool | None = None,
-    pipelined: bool = False,
-    chunk_rows: int | None = None,
 ) -> PipelineResult:
     """Run ``spec`` over ``data``.
 
@@ -180,9 +173,6 @@ def run_pipeline(
         mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
             run here; `flows.modes`), ``local`` or ``distributed``.
         continue_on_error: Override the spec's ``continue_on_error``.
-        pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
-            batch holds back only its own rows (`flows.streaming`); the output order is the same.
-        chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
 
     Returns:
         The output rows by reference and the run summary.
@@ -215,32 +205,23 @@ def run_pipeline(
     else:
         logger.info("LM: %s", lm_info.get("model"))
 
+    dispatch = None
+    if settings.mode == "distributed":
+        from flows.distributed import remote_dispatcher
+
+        dispatch = remote_dispatcher(settings)
     ctx = EngineContext(
         settings=settings,
         lm=chosen_lm,
         lm_key=_lm_key(chosen_lm, lm_info),
         continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
+        dispatch=dispatch,
         on_progress=progress_reporter(spec.name),
     )
-    if settings.mode == "distributed":
-        from flows.executors import RemoteExecutor
-
-        ctx.executor = RemoteExecutor(settings, stop=lambda: ctx.stop)
     check_pools(spec.steps, ctx)
     for i, row in enumerate(rows):
         row.setdefault("_row", i)
-    lm_model = str(lm_info.get("model"))
-    with (
-        events.run_scope(spec.name, lm_model, settings=settings),
-        metrics.collect() as collected,
-        tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
-    ):
-        if pipelined:
-            from flows.streaming import run_pipelined
-
-            run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
-        else:
-            run_steps(spec.steps, rows, ctx)
+    run_steps(spec.steps, rows, ctx)
 
     failures = [
         RowFailure(
@@ -264,13 +245,8 @@ def run_pipeline(
         failures=failures[:1000],
         lm=lm_info,
     )
-    summary.metrics = metrics.build_metrics(
-        ctx.records, collected, len(rows), summary.failed, summary.wall_ms
-    )
     write_duration_artifact(ctx.records, spec.name, str(lm_info.get("model")))
     write_summary_artifact(summary, ctx.records, lm_info, output.uri)
-    with events.run_scope(spec.name, lm_model, settings=settings):
-        events.run_summary(summary)
     try:
         registry.default_registry().save()
     except (OSError, PayloadError) as exc:  # learned estimates are an optimization; say so, go on
