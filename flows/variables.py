@@ -62,8 +62,9 @@ def _choice_value(value: Any) -> Any:
         return value
     import dspy
 
-    if getattr(dspy, value.__name__, None) is value:
-        return f"dspy.{value.__name__}"
+    name: str = value.__name__
+    if getattr(dspy, name, None) is value:
+        return f"dspy.{name}"
     return f"{value.__module__}:{value.__qualname__}"
 
 
@@ -119,7 +120,7 @@ class Variable(BaseModel):
             if len({repr(v) for v in self.choice}) != len(self.choice):
                 raise ValueError(f"choice has duplicate values: {self.choice}")
         else:
-            low, high = self.bounds_of(kind)  # type: ignore[misc]
+            low, high = self.bounds_of(kind)
             if low > high:
                 raise ValueError(f"{kind} range [{low}, {high}] has low > high")
             if self.log and low <= 0:
@@ -162,15 +163,19 @@ class Variable(BaseModel):
             raise ValueError(f"{value!r} is not one of the choices {self.choice}")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{value!r} is not a number")
+        number: int | float
+        low: int | float
+        high: int | float
         if self.int_range is not None:
             if value != int(value):
                 raise ValueError(f"{value!r} is not an integer")
-            value, (low, high) = int(value), self.int_range
+            number, (low, high) = int(value), self.int_range
         else:
-            value, (low, high) = float(value), self.float_range  # type: ignore[misc]
-        if not low <= value <= high:
+            assert self.float_range is not None
+            number, (low, high) = float(value), self.float_range
+        if not low <= number <= high:
             raise ValueError(f"{value!r} is outside [{low}, {high}]")
-        return value  # type: ignore[no-any-return]
+        return number
 
 
 # --- references ---------------------------------------------------------------------------------

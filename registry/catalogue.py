@@ -11,7 +11,7 @@ from importlib import metadata as importlib_metadata
 
 from registry.models import Category, ModuleInfo, ModuleMetadata, PoolType, Requirements
 
-__all__ = ["CORE_MODULE_NAMES", "core_modules", "dspy_version"]
+__all__ = ["CORE_MODULE_NAMES", "PATTERN_MODULE_NAMES", "core_modules", "dspy_version", "pattern_modules"]
 
 
 @cache
@@ -133,4 +133,68 @@ CORE_MODULE_NAMES: tuple[str, ...] = (
     "dspy.ProgramOfThought",
     "dspy.MIPROv2",
     "dspy.ColBERTv2",
+)
+
+
+@cache
+def pattern_modules() -> tuple[ModuleInfo, ...]:
+    """DSPex's reasoning patterns (`tasks.patterns`): real DSPy modules, served by the general pool.
+
+    Core entries like the seed's: a step names them (``module: dspex.TreeOfThoughts``) and they route
+    by these records. Estimates are per example: several LM calls each.
+    """
+    return (
+        _core(
+            "dspex.SelfCorrectingChainOfThought",
+            "tasks.patterns.self_correct:SelfCorrectingChainOfThought",
+            Category.REASONING,
+            ("reasoning", "step_by_step", "self_correction", "validation"),
+            Requirements(memory="medium", compute="medium"),
+            PoolType.GENERAL,
+            6000,
+            description="Chain of thought that validates its outputs (signature or a scorer) and "
+            "retries with feedback, up to max_retries times.",
+            examples=(
+                '{"module": "dspex.SelfCorrectingChainOfThought", "signature": "question -> answer: int", '
+                '"options": {"max_retries": 2}}',
+            ),
+        ),
+        _core(
+            "dspex.TreeOfThoughts",
+            "tasks.patterns.tree_of_thoughts:TreeOfThoughts",
+            Category.REASONING,
+            ("reasoning", "complex_reasoning", "search"),
+            Requirements(memory="medium", compute="high"),
+            PoolType.GENERAL,
+            15000,
+            description="Grows reasoning breadth x depth nodes, keeping the best child per level "
+            "(scored by a metric or an LM judge).",
+            examples=(
+                '{"module": "dspex.TreeOfThoughts", "signature": "question -> answer", '
+                '"options": {"breadth": 3, "depth": 2, "scorer": "judge"}}',
+            ),
+        ),
+        _core(
+            "dspex.Ensemble",
+            "tasks.patterns.ensemble:Ensemble",
+            Category.COMPOSITION,
+            ("ensemble", "majority_vote", "self_consistency"),
+            Requirements(memory="medium", compute="medium"),
+            PoolType.GENERAL,
+            5000,
+            description="Samples N completions and merges them by majority vote (as dspy.majority) or "
+            "by an LM judge.",
+            examples=(
+                '{"module": "dspex.Ensemble", "signature": "question -> answer", '
+                '"options": {"n": 5, "merge": "vote"}}',
+            ),
+        ),
+    )
+
+
+#: The names of the pattern modules, in order.
+PATTERN_MODULE_NAMES: tuple[str, ...] = (
+    "dspex.SelfCorrectingChainOfThought",
+    "dspex.TreeOfThoughts",
+    "dspex.Ensemble",
 )

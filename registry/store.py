@@ -28,7 +28,7 @@ from dspex.exceptions import (
 )
 from dspex.imports import refused_root
 from dspex.settings import get_settings
-from registry.catalogue import core_modules
+from registry.catalogue import core_modules, pattern_modules
 from registry.discovery import discover_modules
 from registry.learning import DurationEstimate, ObservationKey, Series, Usage, UsageStats, estimate_for
 from registry.models import (
@@ -100,7 +100,8 @@ class ModuleRegistry:
             )
         self.window = window
         base: dict[str, ModuleInfo] = {}
-        for info in (*(core_modules() if include_core else ()), *(discover_modules() if discover else ())):
+        core = (*core_modules(), *pattern_modules()) if include_core else ()
+        for info in (*core, *(discover_modules() if discover else ())):
             base.setdefault(info.name, info)  # core first, so core wins
         self._base: Mapping[str, ModuleInfo] = MappingProxyType(base)
         self._write_lock = threading.Lock()
