@@ -1,0 +1,327 @@
+"""The batch-result store: one place where every finished batch is kept, so nothing is paid twice.
+
+Local and distributed execution write the same store, under the payload base URL (shared storage
+that every worker reaches):
+
+    results/<step_key>/<content_key>.msgpack    the BatchResult and the key of each of its rows
+    results/<step_key>/<content_key>.ref.json   its PayloadRef, written last (atomically)
+
+Keys:
+
+* ``step_key`` (`step_key`): the step's definition (module, signature, options; not its name,
+  batch size or pool, which do not change an answer) and the LM's identity;
+* ``row_key`` (`row_key`): the values of the row fields the step reads;
+* ``batch_key`` (`batch_key`): ``<step_key>-<hash of its row keys>``; a dispatched batch's result is
+  found by it (a re-dispatched batch is never recomputed).
+
+Resume is row-level, so it survives a different batching (learned estimates change batch sizes
+between runs): before a step runs, `BatchStore.completed` gathers every row completed under its
+``step_key`` by any earlier batch, and only the other rows are dispatched. A row that failed (or
+was not attempted) is not reused: a re-run tries it again. The LM's response cache plays no part.
+Two rows with the same inputs share one stored answer.
+
+Payloads are MessagePack through `tasks.payloads` (no pickle); a corrupt file is reported, never
+silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dspex.exceptions import PayloadError
+from dspex.settings import get_settings
+from tasks.batch import BatchResult
+from tasks.payloads import PayloadRef, read_payload, storage, write_payload
+from tasks.rows import get_field
+
+__all__ = [
+    "RESULTS_PREFIX",
+    "BatchStore",
+    "ResumeStore",
+    "StepResume",
+    "batch_key",
+    "read_batch_result",
+    "result_ref_uri",
+    "row_key",
+    "step_key",
+    "write_batch_result",
+]
+
+#: Folder (under the payload base URL) where batch results are kept.
+RESULTS_PREFIX = "results"
+_SIDE = ".ref.json"
+
+logger = logging.getLogger("dspex.resume")
+
+
+def _digest(value: Any, size: int = 16) -> str:
+    blob = json.dumps(value, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=size).hexdigest()
+
+
+def _reads(step: Any) -> list[str]:
+    """The row fields a module or retrieve step reads (what its answer depends on)."""
+    retrieve = {getattr(step, "retrieve", "")} - {""}
+    return sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()) | retrieve)
+
+
+def step_key(step: Any, lm_key: str, salt: str = "") -> str:
+    """The identity of a step's computation: its definition and the LM (32 hex characters).
+
+    Args:
+        step: A module or retrieve step.
+        lm_key: The LM's identity (model, API base, options; never the key).
+        salt: Makes the key unique (a run that must not reuse earlier results passes its run id).
+    """
+    config = step.model_dump(mode="json", exclude={"name", "batch_size", "pool"})
+    return _digest([config, lm_key, salt])
+
+
+def row_key(step: Any, row: Mapping[str, Any], reads: list[str] | None = None) -> str:
+    """The identity of one row's inputs to ``step`` (the fields it reads).
+
+    Args:
+        step: The step.
+        row: The row.
+        reads: The fields ``step`` reads, when the caller has them (saves recomputing per row).
+    """
+    fields = reads if reads is not None else _reads(step)
+    return _digest([get_field(row, f, None) for f in fields])
+
+
+def batch_key(step_id: str, row_keys: Iterable[str]) -> str:
+    """The key of one batch: its step's key and the hash of its rows' keys."""
+    return f"{step_id}-{_digest(list(row_keys))}"
+
+
+def _check_key(key: str) -> str:
+    if not key or not all(c.isalnum() or c in "-_" for c in key) or len(key) > 128:
+        raise PayloadError(f"batch key {key!r} must be 1-128 letters, digits, '-' or '_'")
+    return key
+
+
+def _name(key: str) -> str:
+    """The stored name of a batch key: ``<step_key>/<content>`` (flat for keys of another form)."""
+    folder, sep, rest = _check_key(key).partition("-")
+    return f"{RESULTS_PREFIX}/{folder}/{rest}" if sep and rest else f"{RESULTS_PREFIX}/{key}"
+
+
+class BatchStore:
+    """Batch results by key, and completed rows by step (see the module docstring).
+
+    Args:
+        base_url: The payload base URL; default ``settings.resolved_payload_url``.
+    """
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url or get_settings().resolved_payload_url
+
+    def ref_uri(self, key: str) -> str:
+        """Where the ref sidecar of ``key``'s result lives."""
+        return storage.join(self.base_url, _name(key) + _SIDE)
+
+    def write(self, key: str, result: BatchResult, row_keys: list[str] | None = None) -> PayloadRef:
+        """Store ``result`` under ``key`` (with its rows' keys, for resume) and publish its sidecar.
+
+        Args:
+            key: The batch key.
+            result: The batch's result.
+            row_keys: The key of each of the batch's rows, in order (None: the result is found by
+                batch key only, and its rows are not offered for resume).
+
+        Raises:
+            PayloadError: The storage cannot be written.
+        """
+        if row_keys is not None and len(row_keys) != len(result.outputs):
+            raise PayloadError(f"batch {key}: {len(row_keys)} row keys for {len(result.outputs)} rows")
+        document = {"row_keys": row_keys, "result": result.model_dump(mode="json")}
+        ref = write_payload(document, self.base_url, "msgpack", name=_name(key), inline_max_bytes=0)
+        # The sidecar is written after the payload, so whoever sees it can read the payload.
+        storage.write_atomic(self.ref_uri(key), ref.model_dump_json().encode())
+        return ref
+
+    def _load(self, sidecar_uri: str) -> tuple[PayloadRef, dict[str, Any]]:
+        raw = bytes(memoryview(storage.read_bytes(sidecar_uri)))
+        try:
+            ref = PayloadRef.model_validate(json.loads(raw))
+        except ValueError as exc:
+            raise PayloadError(f"corrupt batch-result sidecar: {exc}", uri=sidecar_uri) from exc
+        document = read_payload(ref)
+        if not isinstance(document, dict) or "result" not in document:
+            raise PayloadError("batch-result payload is not a stored batch result", uri=ref.uri)
+        return ref, document
+
+    def read(self, key: str) -> tuple[PayloadRef, BatchResult] | None:
+        """The stored result of ``key``, or None when there is none yet.
+
+        Raises:
+            PayloadError: The sidecar or payload exists but cannot be read (corrupt, unreadable).
+        """
+        uri = self.ref_uri(key)
+        if not storage.exists(uri):
+            return None
+        ref, document = self._load(uri)
+        return ref, BatchResult.model_validate(document["result"])
+
+    def completed(self, step_id: str) -> dict[str, dict[str, Any]]:
+        """Every row completed under ``step_id`` by any stored batch: row key -> the row's outputs.
+
+        A stored file that cannot be read is logged and skipped (its rows simply run again).
+        """
+        import fsspec
+
+        folder = storage.join(self.base_url, f"{RESULTS_PREFIX}/{_check_key(step_id)}")
+        fs, path = fsspec.core.url_to_fs(folder)
+        try:
+            names = sorted(p for p in fs.ls(path, detail=False) if str(p).endswith(_SIDE))
+        except FileNotFoundError:
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        for name in names:
+            uri = str(name) if protocol in ("file", "local") else f"{protocol}://{name}"
+            try:
+                _ref, document = self._load(uri)
+                result = BatchResult.model_validate(document["result"])
+            except (PayloadError, ValueError) as exc:
+                logger.warning("skipping an unreadable stored batch result %s: %s", uri, exc)
+                continue
+            keys = document.get("row_keys") or []
+            for rk, output, error in zip(keys, result.outputs, result.errors, strict=False):
+                if output is not None and error is None:
+                    found[rk] = output
+        return found
+
+
+def result_ref_uri(key: str, base_url: str | None = None) -> str:
+    """Where the ref sidecar of ``key``'s result lives (see `BatchStore.ref_uri`)."""
+    return BatchStore(base_url).ref_uri(key)
+
+
+def write_batch_result(
+    result: BatchResult, key: str, base_url: str | None = None, row_keys: list[str] | None = None
+) -> PayloadRef:
+    """Store ``result`` under ``key`` (see `BatchStore.write`)."""
+    return BatchStore(base_url).write(key, result, row_keys)
+
+
+def read_batch_result(key: str, base_url: str | None = None) -> tuple[PayloadRef, BatchResult] | None:
+    """The stored result of ``key``, or None (see `BatchStore.read`)."""
+    return BatchStore(base_url).read(key)
+
+
+class StepResume:
+    """Resume for one step of one run: which rows earlier runs completed, and keys for new batches.
+
+    Args:
+        step: The module or retrieve step.
+        lm_key: The LM's identity.
+        store: Where results are kept; None turns reuse off (keys are still made, salted).
+        salt: Non-empty when this run must not reuse anything (``resume=False``): its keys are unique.
+    """
+
+    def __init__(self, step: Any, lm_key: str, store: BatchStore | None, salt: str = "") -> None:
+        self.step = step
+        self.store = store
+        self.reads = _reads(step)
+        self.step_id = step_key(step, lm_key, salt)
+        self.done: dict[str, dict[str, Any]] = store.completed(self.step_id) if store and not salt else {}
+
+    def row_keys(self, rows: list[dict[str, Any]]) -> list[str]:
+        """The key of each row."""
+        return [row_key(self.step, row, self.reads) for row in rows]
+
+    def split(
+        self, rows: list[dict[str, Any]], active: list[int]
+    ) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        """Rows an earlier run completed (index -> outputs) and the indices still to run."""
+        if not self.done:
+            return {}, list(active)
+        reused: dict[int, dict[str, Any]] = {}
+        remaining: list[int] = []
+        for i in active:
+            found = self.done.get(row_key(self.step, rows[i], self.reads))
+            if found is None:
+                remaining.append(i)
+            else:
+                reused[i] = found
+        return reused, remaining
+
+    def batch_key(self, rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+        """The batch key of ``rows`` and their row keys."""
+        keys = self.row_keys(rows)
+        return batch_key(self.step_id, keys), keys
+
+    def save(self, key: str, result: BatchResult, row_keys: list[str]) -> None:
+        """Keep a finished batch's result for later runs (a storage failure is logged, not raised:
+        the run's own output does not depend on it)."""
+        if self.store is None:
+            return
+        try:
+            self.store.write(key, result, row_keys)
+        except PayloadError as exc:
+            logger.warning("could not keep batch %s for resume: %s", key[:24], exc)
+
+
+class ResumeStore:
+    """The executors' `flows.executors.base.ResultStore`: row-level reuse across runs.
+
+    ``lookup`` answers a batch whose every row an earlier run completed; ``store`` keeps each fresh
+    result; `split` lets the engine take the completed rows out *before* it cuts a step into batches,
+    so a re-run with different batch sizes still reuses every completed row.
+
+    Args:
+        lm_key: The LM's identity (part of every step key).
+        base_url: The payload base URL (default: the settings').
+        reuse: False: nothing earlier is reused; results are still kept, under step keys salted
+            with ``salt``, which no other run shares.
+        salt: A run-unique string (the flow run id) used when ``reuse`` is False.
+    """
+
+    def __init__(
+        self, lm_key: str, base_url: str | None = None, *, reuse: bool = True, salt: str = ""
+    ) -> None:
+        self.lm_key = lm_key
+        self.store_ = BatchStore(base_url)
+        self.salt = "" if reuse else (salt or "no-reuse")
+        self._steps: dict[str, StepResume] = {}
+        self.reused_rows = 0
+
+    def for_step(self, step: Any) -> StepResume:
+        """The step's resume state (loaded once per run and step)."""
+        key = step_key(step, self.lm_key, self.salt)
+        found = self._steps.get(key)
+        if found is None:
+            found = self._steps[key] = StepResume(step, self.lm_key, self.store_, self.salt)
+        return found
+
+    def split(
+        self, step: Any, rows: list[dict[str, Any]], active: list[int]
+    ) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        """Rows of ``active`` completed by an earlier run (index -> outputs) and the rest."""
+        reused, remaining = self.for_step(step).split(rows, active)
+        self.reused_rows += len(reused)
+        return reused, remaining
+
+    def lookup(self, request: Any) -> BatchResult | None:
+        """A result for ``request`` when an earlier run completed every one of its rows."""
+        resume = self.for_step(request.step)
+        if not resume.done:
+            return None
+        outputs = [resume.done.get(k) for k in resume.row_keys(request.rows)]
+        if any(o is None for o in outputs):
+            return None
+        n = len(outputs)
+        return BatchResult(outputs=outputs, errors=[None] * n, latencies_ms=[0.0] * n, wall_ms=0.0, reused=n)
+
+    def store(self, request: Any, result: BatchResult) -> None:
+        """Keep a fresh result (its completed rows become reusable by later runs)."""
+        if result.reused and result.reused == len(result.outputs):
+            return  # nothing new
+        resume = self.for_step(request.step)
+        key, row_keys = resume.batch_key(request.rows)
+        resume.save(key, result, row_keys)
