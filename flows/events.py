@@ -384,16 +384,37 @@ def estimate_drift(
     )
 
 
-def run_summary(pipeline: str, summary: Mapping[str, Any]) -> Event | None:
+def run_summary(summary: Any) -> Event | None:
     """A pipeline run ended: rows, failures, tokens, cost, wall time and throughput.
 
     Args:
-        pipeline: The pipeline's name.
-        summary: JSON-able figures (the flow passes the headline of its `PipelineSummary`).
+        summary: The run's `flows.pipeline.PipelineSummary`; its headline figures become the payload
+            (not the failure list or per-step records, which live in the run's artifacts).
     """
     if not events_active():
         return None
-    return emit("dspex.run.summary", _resource("pipeline", pipeline), payload=summary)
+    payload: dict[str, Any] = {
+        "pipeline": summary.pipeline,
+        "mode": summary.mode,
+        "rows_in": summary.rows_in,
+        "rows_out": summary.rows_out,
+        "failed": summary.failed,
+        "wall_ms": round(summary.wall_ms, 1),
+    }
+    run_metrics = getattr(summary, "metrics", None)
+    if run_metrics is not None:
+        payload |= {
+            "rows_per_s": run_metrics.rows_per_s,
+            "error_rate": run_metrics.error_rate,
+            "peak_rss_mb": run_metrics.peak_rss_mb,
+        }
+    usage = getattr(summary, "usage", None)
+    if usage is not None and hasattr(usage, "model_dump"):
+        figures = usage.model_dump(mode="json")
+        payload |= {
+            k: v for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    return emit("dspex.run.summary", _resource("pipeline", summary.pipeline), payload=payload)
 
 
 def health_failed(failed: Sequence[Mapping[str, Any]], *, total: int) -> Event | None:

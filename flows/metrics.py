@@ -86,7 +86,7 @@ def collect() -> Iterator[Collector]:
         _COLLECTOR.reset(token)
 
 
-def observe_batches(step: str, results: Sequence[Any]) -> None:
+def observe_batches(step: str | None, results: Sequence[Any]) -> None:
     """Record the row latencies of a step's batch results (exceptions are skipped)."""
     collector = _COLLECTOR.get()
     if collector is None:
@@ -97,16 +97,16 @@ def observe_batches(step: str, results: Sequence[Any]) -> None:
         if latencies is None:
             continue
         if errors is None:
-            collector.add(step, latencies)
+            collector.add(str(step), latencies)
         else:
-            collector.add(step, (lat for lat, err in zip(latencies, errors, strict=False) if err is None))
+            collector.add(str(step), (lat for lat, err in zip(latencies, errors, strict=False) if err is None))
 
 
-def observe_latencies(step: str, latencies: Iterable[float]) -> None:
+def observe_latencies(step: str | None, latencies: Iterable[float]) -> None:
     """Record row latencies (ms) measured some other way (e.g. a retrieval batch's per-query mean)."""
     collector = _COLLECTOR.get()
     if collector is not None:
-        collector.add(step, latencies)
+        collector.add(str(step), latencies)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -18,11 +18,14 @@ from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import InputValidationError, PayloadError, StepExecutionError
 from dspex.settings import Mode, get_settings
+from flows import events
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
+from flows.metrics import RunMetrics, build_metrics, collect
 from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.spec import ModuleStep, PipelineSpec
+from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows, write_payload
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
@@ -53,6 +56,9 @@ class PipelineSummary(BaseModel):
     steps: list[StepRecord]
     failures: list[RowFailure] = Field(description="Failed rows (at most 1000 listed).")
     lm: dict[str, Any] = Field(description="The LM used (model, provider; never a key).")
+    metrics: RunMetrics | None = Field(
+        default=None, description="Throughput, row latency and error rate per step, orchestrator peak RSS."
+    )
 
 
 class PipelineResult(BaseModel):
@@ -221,7 +227,13 @@ def run_pipeline(
     check_pools(spec.steps, ctx)
     for i, row in enumerate(rows):
         row.setdefault("_row", i)
-    run_steps(spec.steps, rows, ctx)
+    lm_model = str(lm_info.get("model"))
+    with (
+        events.run_scope(spec.name, lm_model, settings=settings),
+        collect() as collected,
+        tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
+    ):
+        run_steps(spec.steps, rows, ctx)
 
     failures = [
         RowFailure(
@@ -245,8 +257,11 @@ def run_pipeline(
         failures=failures[:1000],
         lm=lm_info,
     )
+    summary.metrics = build_metrics(ctx.records, collected, len(rows), summary.failed, summary.wall_ms)
     write_duration_artifact(ctx.records, spec.name, str(lm_info.get("model")))
     write_summary_artifact(summary, ctx.records, lm_info, output.uri)
+    with events.run_scope(spec.name, lm_model, settings=settings):
+        events.run_summary(summary)
     try:
         registry.default_registry().save()
     except (OSError, PayloadError) as exc:  # learned estimates are an optimization; say so, go on

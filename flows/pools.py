@@ -9,6 +9,7 @@ not used for this: a blocked task waits 30 s before it retries (measured; DESIGN
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,14 +48,15 @@ class LocalPool:
         return True, "ok"
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        """Run ``fn`` on the pool's executor."""
+        """Run ``fn`` on the pool's executor, in a copy of the caller's context (so the DSPy
+        settings, the run's event scope and the current trace span follow the row into the pool)."""
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     max_workers=max(self.capacity, 1), thread_name_prefix=f"dspex-{self.name}"
                 )
             executor = self._executor
-        return executor.submit(fn, *args, **kwargs)
+        return executor.submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
     def shutdown(self) -> None:
         """Stop the executor (running work finishes first)."""
