@@ -29,7 +29,15 @@ from dspex.settings import Settings
 from flows import events, metrics
 from flows.pools import get_local_pool
 from flows.router import RouteDecision, route_step
-from flows.spec import ConditionalStep, MapStep, ModuleStep, NativeStep, ParallelStep, RetrieveStep
+from flows.spec import (
+    ConditionalStep,
+    MapStep,
+    ModuleStep,
+    NativeStep,
+    ParallelStep,
+    RetrieveStep,
+    SelectStep,
+)
 from tasks.batch import BatchResult, RowError, run_module_batch
 from tasks.rows import get_field, set_field
 
@@ -116,6 +124,10 @@ def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) 
             _conditional_step(step, rows, active, ctx)
         elif isinstance(step, MapStep):
             _map_step(step, rows, active, ctx)
+        elif isinstance(step, SelectStep):  # adaptive choice among candidate steps (issue 16)
+            from flows.select import run_select
+
+            run_select(step, rows, active, ctx)
         if not ctx.continue_on_error and any(ERROR_FIELD in rows[i] for i in active):
             ctx.stop = True
     return rows
