@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         description="fsspec URL where payloads are stored (a local folder, s3://..., gs://...); "
         "defaults to <home>/payloads. In distributed mode every worker must reach it.",
     )
+    data_roots: list[str] | None = Field(
+        default=None,
+        description="Folders and URL prefixes datasets, corpora and saved program states may be read "
+        'from (JSON list, e.g. ["/data", "s3://bucket/datasets/"]); http(s) URLs are read only under a '
+        "listed prefix. None: the current project folder and the payload root. Payloads are read only "
+        "from the payload root and these.",
+    )
     payload_inline_max_bytes: int = Field(
         default=16 * 1024,
         ge=0,

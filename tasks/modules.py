@@ -208,6 +208,9 @@ def read_program_state(location: str) -> dict[str, Any]:
     else:
         import fsspec
 
+        from tasks.payloads.confine import check_data_read
+
+        check_data_read(text, "saved program state")
         try:
             with fsspec.open(text, "rt", encoding="utf-8") as handle:
                 state = json.load(handle)

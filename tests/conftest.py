@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -47,11 +48,17 @@ def _harness_for_integration(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_dspex_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolate_dspex_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Each test gets its own DSPEX_HOME and none of the caller's DSPEX_* variables."""
     for key in [k for k in os.environ if k.startswith("DSPEX_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("DSPEX_HOME", str(tmp_path / "dspex-home"))
+    # Tests read datasets and payloads from their temporary folders and fsspec's memory store; the
+    # read fence (tasks.payloads.confine) is tested in tests/security with its real defaults.
+    roots = [os.getcwd(), str(tmp_path_factory.getbasetemp()), str(_SESSION_HOME), "memory://"]
+    monkeypatch.setenv("DSPEX_DATA_ROOTS", json.dumps(roots))
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from dspex.exceptions import PayloadCorruptError, PayloadError, PayloadFormatError, PayloadNotFoundError
 from dspex.settings import get_settings
-from tasks.payloads import convert, integrity, storage
+from tasks.payloads import confine, convert, integrity, storage
 from tasks.payloads.codecs.arrow import ArrowEncoder, decode_arrow
 from tasks.payloads.codecs.msgpack import decode_msgpack, encode_msgpack
 from tasks.payloads.ref import INLINE_SCHEME, PayloadFormat, PayloadRef
@@ -330,6 +330,7 @@ def _load_bytes(ref: PayloadRef) -> Any:
     else:
         if not ref.is_stored:
             raise PayloadNotFoundError("an inline-only ref that has lost its inline bytes", uri=ref.uri)
+        confine.check_payload_read(ref.uri)  # before any lookup: no existence/size/hash oracle
         data = storage.read_bytes(ref.uri)
     size = len(memoryview(data))
     if size != ref.nbytes:
@@ -462,8 +463,11 @@ def payload_exists(ref: PayloadRef | Mapping[str, Any] | str) -> bool:
         ref: A `PayloadRef` (or its dict), or a plain uri string (e.g. from `payload_uri`).
     """
     if isinstance(ref, str) and not ref.lstrip().startswith("{"):
+        confine.check_payload_read(ref)
         return storage.exists(ref)
     payload_ref = _as_ref(ref)
     if payload_ref.inline is not None:
         return True
+    if payload_ref.is_stored:
+        confine.check_payload_read(payload_ref.uri)
     return payload_ref.is_stored and storage.exists(payload_ref.uri)

@@ -25,12 +25,14 @@ import pyarrow.parquet as pq
 
 from dspex.exceptions import PayloadCorruptError, PayloadError, PayloadFormatError
 from tasks.payloads import storage
+from tasks.payloads.confine import check_data_read
 from tasks.payloads.ref import PayloadFormat, PayloadRef
 
 __all__ = ["Dataset"]
 
 
 def _read_file(path: str) -> Any:
+    check_data_read(str(path), "dataset")  # DSPEX_DATA_ROOTS: no arbitrary file or URL is read
     return storage.read_bytes(str(path))
 
 
