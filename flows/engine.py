@@ -38,6 +38,7 @@ from flows.spec import (
     RetrieveStep,
     SelectStep,
 )
+from tasks import tracing
 from tasks.batch import BatchResult, RowError, run_module_batch
 from tasks.rows import get_field, set_field
 
@@ -111,23 +112,24 @@ def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) 
         if not active:
             break
         start = time.perf_counter()
-        if isinstance(step, ModuleStep):
-            _module_step(step, rows, active, ctx)
-        elif isinstance(step, RetrieveStep):
-            _retrieve_step(step, rows, active, ctx)
-        elif isinstance(step, NativeStep):
-            _native_step(step, rows, active)
-            _record_inline(step, rows, active, start, ctx)
-        elif isinstance(step, ParallelStep):
-            _parallel_step(step, rows, active, ctx)
-        elif isinstance(step, ConditionalStep):
-            _conditional_step(step, rows, active, ctx)
-        elif isinstance(step, MapStep):
-            _map_step(step, rows, active, ctx)
-        elif isinstance(step, SelectStep):  # adaptive choice among candidate steps (issue 16)
-            from flows.select import run_select
+        with tracing.step_span(step.name, step.kind, len(active)):
+            if isinstance(step, ModuleStep):
+                _module_step(step, rows, active, ctx)
+            elif isinstance(step, RetrieveStep):
+                _retrieve_step(step, rows, active, ctx)
+            elif isinstance(step, NativeStep):
+                _native_step(step, rows, active)
+                _record_inline(step, rows, active, start, ctx)
+            elif isinstance(step, ParallelStep):
+                _parallel_step(step, rows, active, ctx)
+            elif isinstance(step, ConditionalStep):
+                _conditional_step(step, rows, active, ctx)
+            elif isinstance(step, MapStep):
+                _map_step(step, rows, active, ctx)
+            elif isinstance(step, SelectStep):  # adaptive choice among candidate steps (issue 16)
+                from flows.select import run_select
 
-            run_select(step, rows, active, ctx)
+                run_select(step, rows, active, ctx)
         if not ctx.continue_on_error and any(ERROR_FIELD in rows[i] for i in active):
             ctx.stop = True
     return rows
