@@ -85,3 +85,37 @@ def test_ensure_pools_creates_then_updates_idempotently():
         ensure_pools(get_settings(), "process", client=client)
     with pytest.raises(ConfigurationError, match="unknown pool"):
         ensure_pools(get_settings(), "dspex", pools=("tpu",), client=client)
+
+
+def test_prefect_worker_start_finds_the_dspex_type_through_the_collections_entry_point():
+    # A fresh interpreter that never imported deployments.worker: exactly what
+    # `prefect worker start --pool general` does to find the pool's worker type.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from prefect.cli._worker_utils import _load_worker_class; "
+        "assert 'deployments.worker' not in sys.modules; "
+        "cls = _load_worker_class('dspex'); print(cls.__module__, cls.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "deployments.worker DSPexWorker"
+
+
+def test_a_worker_started_by_prefect_sets_only_the_variables_the_user_left_unset(tmp_path, monkeypatch):
+    from deployments.worker import apply_worker_defaults
+
+    monkeypatch.setenv("DSPEX_HOME", str(tmp_path))
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    applied = apply_worker_defaults("general", "w/1", env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and "CUDA_VISIBLE_DEVICES" not in applied  # the user's wins
+    assert env["DSPY_CACHEDIR"].startswith(str(tmp_path.resolve())) and env["DSPY_CACHEDIR"].endswith(
+        "general-w-1"
+    )
+    gpu_env: dict[str, str] = {}
+    apply_worker_defaults("gpu", "g", gpu_env)
+    assert "CUDA_VISIBLE_DEVICES" not in gpu_env  # the gpu pool inherits whatever devices it has
+    cpu_env: dict[str, str] = {}
+    apply_worker_defaults("optimizer", "o", cpu_env)
+    assert cpu_env["CUDA_VISIBLE_DEVICES"] == ""
