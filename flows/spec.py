@@ -24,6 +24,7 @@ field a step needs that nothing produces all fail with the step's name in the me
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Annotated, Any, Literal
 
@@ -32,14 +33,26 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from dspex.exceptions import PipelineSpecError, SignatureError, UnknownModuleError
 from dspex.imports import is_import_path
 from flows.forms import FormUnion
+from flows.variables import (
+    Variable,
+    check_module_choices,
+    check_variable_names,
+    default_values,
+    has_references,
+    substitute,
+)
 
 __all__ = [
     "ConditionalStep",
@@ -50,6 +63,8 @@ __all__ = [
     "PipelineSpec",
     "Predicate",
     "RetrieveStep",
+    "SelectOptions",
+    "SelectStep",
     "Step",
     "iter_steps",
 ]
@@ -348,6 +363,70 @@ class MapStep(_StepBase):
         return sorted({_root(self.map), *inner})
 
 
+class SelectOptions(BaseModel):
+    """What a select step chooses between, and how it learns which is best (`flows.select`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    candidates: list[Step] = Field(
+        min_length=2, description="Alternative steps producing the same fields; one runs per batch."
+    )
+    policy: Literal["bandit"] = Field(
+        default="bandit", description="bandit: Thompson sampling over quality per unit of cost."
+    )
+    metric: str | None = Field(
+        default=None,
+        description="Native metric (exact_match, f1) or registered callable scoring the sampled rows "
+        "against the gold field; None: an LM judge scores them.",
+    )
+    prediction: str = Field(
+        default="answer", description="The row field the candidates produce and the metric scores."
+    )
+    gold: str = Field(default="gold", description="The row field holding the gold answer (metric only).")
+    sample: float = Field(default=0.25, gt=0, le=1, description="Fraction of each batch's rows scored.")
+    batch_rows: int = Field(default=8, ge=1, description="Rows per decision (one candidate per batch).")
+    cost: Literal["auto", "usd", "tokens", "latency"] = Field(
+        default="auto",
+        description="Cost unit: usd or tokens from the LM's history, latency from the registry's learned "
+        "estimates and measured time; auto picks the first the LM reports.",
+    )
+    seed: int | None = Field(default=None, description="Seed of the sampler (reproducible decisions).")
+    memory: str | None = Field(
+        default=None,
+        description="Name of the learned state under <DSPEX_HOME>/select/ (default: from the step's "
+        "name and candidates).",
+    )
+    persist: bool = Field(default=True, description="Start from, and save, what earlier runs learned.")
+
+    @field_validator("prediction", "gold")
+    @classmethod
+    def _valid_fields(cls, value: str) -> str:
+        return _check_field(value)
+
+
+class SelectStep(_StepBase):
+    """Run, batch by batch, the candidate step a policy picks; learn which gives most quality per cost."""
+
+    kind: Literal["select"] = "select"
+    select: SelectOptions = Field(description="The candidates and the policy.")
+    decision_field: str | None = Field(
+        default=None, description="Row field naming the candidate that ran (default: <name>_choice)."
+    )
+
+    def default_name(self) -> str:
+        return "select"
+
+    def produces(self) -> list[str]:
+        produced = {f for c in self.select.candidates for f in c.produces()}
+        return [*sorted(produced), self.decision_field or f"{self.name or self.default_name()}_choice"]
+
+    def needs(self) -> list[str]:
+        inner = {f for c in self.select.candidates for f in _external_needs([c])}
+        if self.select.metric is not None:
+            inner.add(_root(self.select.gold))
+        return sorted(inner)
+
+
 def _step_kind(value: Any) -> str | None:
     """Tell a step's kind from its explicit ``kind`` or its head key."""
     if isinstance(value, BaseModel):
@@ -363,6 +442,7 @@ def _step_kind(value: Any) -> str | None:
         ("parallel", "parallel"),
         ("when", "conditional"),
         ("map", "map"),
+        ("select", "select"),
     ):
         if key in value:
             return kind
@@ -375,12 +455,13 @@ Step = Annotated[
     | Annotated[RetrieveStep, Tag("retrieve")]
     | Annotated[ParallelStep, Tag("parallel")]
     | Annotated[ConditionalStep, Tag("conditional")]
-    | Annotated[MapStep, Tag("map")],
+    | Annotated[MapStep, Tag("map")]
+    | Annotated[SelectStep, Tag("select")],
     Discriminator(
         _step_kind,
         custom_error_type="unknown_step_kind",
         custom_error_message="a step needs one of the keys module, native, retrieve, parallel, "
-        "when or map (or an explicit kind)",
+        "when, map or select (or an explicit kind)",
     ),
     FormUnion(),  # anyOf in the JSON schema: Prefect's Run form renders each step kind as a form
 ]
@@ -408,6 +489,8 @@ def iter_steps(steps: list[Any]) -> list[Any]:
             found.extend(iter_steps(step.then) + iter_steps(step.otherwise))
         elif isinstance(step, MapStep):
             found.extend(iter_steps(step.steps))
+        elif isinstance(step, SelectStep):
+            found.extend(iter_steps(step.select.candidates))
     return found
 
 
@@ -433,6 +516,9 @@ def _with_names(steps: list[Any], taken: set[str]) -> list[Any]:
             updates["otherwise"] = _with_names(step.otherwise, taken)
         elif isinstance(step, MapStep):
             updates["steps"] = _with_names(step.steps, taken)
+        elif isinstance(step, SelectStep):
+            candidates = _with_names(step.select.candidates, taken)
+            updates["select"] = step.select.model_copy(update={"candidates": candidates})
         named.append(step.model_copy(update=updates) if updates else step)
     return named
 
@@ -462,6 +548,45 @@ class PipelineSpec(BaseModel):
         description="Keep going when rows fail (they are reported with their error); when false, "
         "the first failed batch fails the run (completed batches are kept).",
     )
+    variables: dict[str, Variable] = Field(
+        default_factory=dict,
+        description="Named knobs steps reference as '${name}' (int/float ranges, choices); the "
+        "defaults make the spec runnable, the tune flow searches them (flows.variables).",
+    )
+    # The steps as written, references included, when the spec has variables (`steps` then holds
+    # them resolved with the defaults); what the spec serializes, so it round-trips.
+    _template: list[Any] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _resolve_defaults(cls, data: Any, handler: ModelWrapValidatorHandler[PipelineSpec]) -> PipelineSpec:
+        if not isinstance(data, dict) or not (data.get("variables") or has_references(data.get("steps"))):
+            return handler(data)
+        raw = [
+            s.model_dump(mode="json", by_alias=True) if isinstance(s, BaseModel) else s for s in data["steps"]
+        ]
+        variables = {
+            name: v if isinstance(v, Variable) else Variable.model_validate(v)
+            for name, v in (data.get("variables") or {}).items()
+        }
+        check_variable_names(variables, raw)
+        check_module_choices(variables, raw)
+        spec = handler({**data, "variables": variables, "steps": substitute(raw, default_values(variables))})
+        spec._template = copy.deepcopy(raw)
+        return spec
+
+    @model_serializer(mode="wrap")
+    def _dump_template(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self._template is not None and "steps" in data:
+            data["steps"] = copy.deepcopy(self._template)
+        return data
+
+    def template_steps(self) -> list[Any]:
+        """The steps as written (with ``${...}`` references), as JSON-able dicts."""
+        if self._template is not None:
+            return copy.deepcopy(self._template)
+        return [s.model_dump(mode="json", by_alias=True) for s in self.steps]
 
     @field_validator("name")
     @classmethod
@@ -513,6 +638,10 @@ def _first_missing(steps: list[Any], available: set[str]) -> tuple[str, str] | N
                     return missing
         elif isinstance(step, MapStep) and (missing := _first_missing(step.steps, {*available, step.item})):
             return missing
+        elif isinstance(step, SelectStep):
+            for candidate in step.select.candidates:
+                if (missing := _first_missing([candidate], set(available))) is not None:
+                    return missing
         available.update(step.produces())
     return None
 
@@ -522,6 +651,12 @@ def _validate_step(step: Any) -> None:
     try:
         if isinstance(step, ModuleStep):
             _validate_module_step(step)
+        elif isinstance(step, SelectStep):
+            outputs = {c.name: sorted(c.produces()) for c in step.select.candidates}
+            if len({tuple(v) for v in outputs.values()}) > 1:
+                raise PipelineSpecError(
+                    f"select candidates must produce the same fields; they produce {outputs}", step=step.name
+                )
         elif isinstance(step, NativeStep):
             if step.native == "validate":
                 from tasks.signatures import parse_signature
@@ -574,5 +709,5 @@ def _validate_module_step(step: ModuleStep) -> None:
             )
 
 
-for _model in (ParallelStep, ConditionalStep, MapStep, PipelineSpec):
+for _model in (ParallelStep, ConditionalStep, MapStep, SelectOptions, SelectStep, PipelineSpec):
     _model.model_rebuild()
