@@ -23,7 +23,8 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     │   ├── PayloadFormatError ....................... an object or file of a kind we do not handle
     │   └── PayloadAccessError ....................... a read outside the configured roots
     ├── PipelineSpecError (ValueError) ............... an invalid pipeline; names the step
-    │   └── UntrustedImportError ..................... an import path that may not be imported
+    │   ├── UntrustedImportError ..................... an import path that may not be imported
+    │   └── VariableError ............................ a bad pipeline variable or value; names both
     ├── RetrievalError (ValueError) .................. a bad corpus, query or k for a retriever
     ├── RetrieverServerError (RuntimeError) .......... a retrieval server failed or answered badly
     ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
@@ -66,6 +67,7 @@ __all__ = [
     "TemplateError",
     "TemplateSecurityError",
     "UnknownModuleError",
+    "VariableError",
     "UntrustedImportError",
     "is_retryable",
     "retry_condition",
@@ -257,6 +259,25 @@ class UntrustedImportError(PipelineSpecError):
     object that is not what it must be (a user program that is not a ``dspy.Module``)."""
 
     code = "untrusted_import"
+
+
+class VariableError(PipelineSpecError):
+    """A pipeline variable that is malformed, undefined, unused, or given a value out of its range.
+
+    Attributes:
+        variable: The variable's name, when one is at fault.
+        step: The step(s) referencing it, when known.
+    """
+
+    code = "variable_error"
+
+    def __init__(self, message: str, *, variable: str | None = None, step: str | None = None) -> None:
+        self.variable = variable
+        self.step = step
+        where = " ".join(
+            part for part in (f"variable {variable!r}" if variable else "", f"step {step!r}" if step else "") if part
+        )
+        DSPexError.__init__(self, f"{where}: {message}" if where else message)
 
 
 class RetrievalError(DSPexError, ValueError):
