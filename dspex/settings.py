@@ -110,15 +110,53 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Max output tokens; None: DSPy default."
     )
     lm_num_retries: int = Field(
-        default=3, ge=0, description="Retries DSPy itself makes for transient LM errors."
+        default=3,
+        ge=0,
+        description="Retries of a row after a transient LM error (rate limit, 5xx, timeout, connection), "
+        "with exponential backoff and jitter. The only retry count: DSPy's own retries are turned off "
+        "and batches are not retried around it.",
     )
     lm_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one LM request.")
     lm_cache: bool = Field(default=True, description="Whether DSPy caches LM responses.")
     task_retries: int = Field(
-        default=2, ge=0, description="Prefect retries of a batch that failed with a retryable LM error."
+        default=2,
+        ge=0,
+        description="Re-dispatches of a distributed batch whose run crashed, failed or timed out (a dead "
+        "worker); rows are never retried this way (see lm_num_retries).",
     )
     task_retry_delay_seconds: float = Field(
-        default=1.0, ge=0, description="Base delay of the exponential backoff between batch retries."
+        default=1.0, ge=0, description="Base delay of the exponential backoff between row retries."
+    )
+    retry_max_delay_seconds: float = Field(
+        default=30.0, ge=0, description="Longest backoff between row retries (a Retry-After may ask for more)."
+    )
+    lm_requests_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests per minute allowed to one LM endpoint (model + API base), shared by every "
+        "batch of every pipeline in the process (and by every worker in distributed mode); None: no limit.",
+    )
+    lm_tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens per minute (prompt + completion, estimated then corrected) allowed to one LM "
+        "endpoint, shared like lm_requests_per_minute; None: no limit.",
+    )
+    lm_rate_limit_shared: bool = Field(
+        default=True,
+        description="In distributed mode, share the LM rate limits across workers through Prefect global "
+        "concurrency limits with slot decay (else each worker applies them on its own).",
+    )
+    breaker_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive transport failures (429 after retries, 5xx, timeouts, connection errors) "
+        "of one LM endpoint that open its circuit breaker.",
+    )
+    breaker_reset_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long an open circuit refuses work before admitting one probe batch.",
     )
 
     trusted_import_roots: list[str] = Field(

@@ -1,72 +1,219 @@
-"""A circuit breaker per pool: after repeated batch failures, stop sending work for a while.
+"""A circuit breaker per LM endpoint (model + API base), shared by every batch in the process.
 
-Closed: work flows. After ``failure_threshold`` consecutive failed batches (transient errors, not
-bad input) it opens: the router treats the pool as unavailable and applies the fallback policy.
-After ``reset_seconds`` it half-opens: one batch is let through; success closes it again.
+It counts *transport* failures only: attempts that failed with one of DSPy's transient LM errors
+(rate limited after our retries, 5xx, timeouts, connection errors; ``dspy.is_retryable_lm_error``).
+Bad input, an unparseable answer, a spec error (ReAct without tools) never count: they say nothing
+about the endpoint.
+
+* **closed**: work flows; ``failure_threshold`` consecutive transport failures open it.
+* **open**: no batch is admitted and no row starts another attempt; a run ends at once with the rows
+  it could not try marked ``not_attempted`` (retryable, so a re-run picks them up).
+* **half-open** (``reset_seconds`` after opening): exactly one *probe batch* is admitted; its first
+  success closes the circuit, its first transport failure opens it again.
+
+Every state change is logged and passed to the listeners (`add_listener`), so telemetry can emit
+``dspex.breaker.opened`` / ``dspex.breaker.closed`` events.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
-__all__ = ["CircuitBreaker"]
+__all__ = [
+    "BreakerListener",
+    "CircuitBreaker",
+    "State",
+    "add_listener",
+    "breaker_for",
+    "is_transport_failure",
+    "remove_listener",
+    "reset_breakers",
+]
 
 State = Literal["closed", "open", "half_open"]
+#: Called as ``listener(endpoint, old_state, new_state)`` on every state change.
+BreakerListener = Callable[[str, State, State], None]
+
+logger = logging.getLogger("dspex.circuit")
+_listeners: list[BreakerListener] = []
+
+
+def add_listener(listener: BreakerListener) -> None:
+    """Call ``listener(endpoint, old, new)`` on every breaker state change in this process."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: BreakerListener) -> None:
+    """Stop calling ``listener``."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def is_transport_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it wraps) is a transient LM transport failure.
+
+    Only DSPy's typed transient LM errors count (``dspy.is_retryable_lm_error``): rate limits,
+    server errors, timeouts and connection failures. DSPex's own errors (bad input, a batch timeout,
+    an open circuit) never do.
+    """
+    from dspy.utils.exceptions import is_retryable_lm_error
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Exception) and is_retryable_lm_error(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class CircuitBreaker:
-    """Thread-safe consecutive-failure circuit breaker.
+    """Thread-safe consecutive-failure breaker for one endpoint (see the module docstring).
 
     Args:
-        failure_threshold: Consecutive failures that open the circuit.
-        reset_seconds: How long it stays open before letting one batch through.
+        name: The endpoint it guards (for logs and listeners).
+        failure_threshold: Consecutive transport failures that open it.
+        reset_seconds: How long it stays open before admitting one probe batch.
+        clock: Monotonic clock (tests pass a fake one).
     """
 
-    def __init__(self, failure_threshold: int = 5, reset_seconds: float = 30.0) -> None:
-        self.failure_threshold = failure_threshold
+    def __init__(
+        self,
+        name: str,
+        failure_threshold: int = 5,
+        reset_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.failure_threshold = max(int(failure_threshold), 1)
         self.reset_seconds = reset_seconds
+        self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._reported: State = "closed"
 
     @property
     def state(self) -> State:
         """The current state."""
         with self._lock:
-            return self._state_locked()
+            state = self._state_locked()
+            change = self._note_locked(state)
+        self._announce(change)
+        return state
 
-    def _state_locked(self) -> State:
-        if self._opened_at is None:
-            return "closed"
-        if time.monotonic() - self._opened_at >= self.reset_seconds:
-            return "half_open"
-        return "open"
-
-    def allow(self) -> bool:
-        """Whether a batch may go to the pool now (half-open lets exactly one through)."""
+    def admit_batch(self) -> Literal["closed", "probe"] | None:
+        """Whether a new batch may start: ``"closed"``, ``"probe"`` (the one half-open probe), or None."""
         with self._lock:
             state = self._state_locked()
+            change = self._note_locked(state)
             if state == "closed":
-                return True
-            if state == "half_open" and not self._probing:
+                verdict: Literal["closed", "probe"] | None = "closed"
+            elif state == "half_open" and not self._probing:
                 self._probing = True
-                return True
-            return False
+                verdict = "probe"
+            else:
+                verdict = None
+        self._announce(change)
+        return verdict
+
+    def allows_attempt(self, probe: bool = False) -> bool:
+        """Whether a row of an admitted batch may make another attempt now."""
+        with self._lock:
+            state = self._state_locked()
+            return state == "closed" or (probe and state == "half_open" and self._probing)
 
     def record_success(self) -> None:
-        """A batch succeeded: close the circuit."""
+        """An LM attempt succeeded: reset the count, close the circuit."""
         with self._lock:
             self._failures = 0
             self._opened_at = None
             self._probing = False
+            change = self._note_locked("closed")
+        self._announce(change)
 
     def record_failure(self) -> None:
-        """A batch failed for a reason other than bad input."""
+        """An LM attempt failed with a transport failure."""
         with self._lock:
             self._failures += 1
+            if self._opened_at is not None or self._failures >= self.failure_threshold:
+                # A failed probe (or any failure while open) restarts the open period.
+                self._opened_at = self._clock()
+                self._probing = False
+            change = self._note_locked(self._state_locked())
+        self._announce(change)
+
+    def trip(self) -> None:
+        """Open the circuit now (another process's breaker for this endpoint opened)."""
+        with self._lock:
+            self._failures = max(self._failures, self.failure_threshold)
+            self._opened_at = self._clock()
             self._probing = False
-            if self._failures >= self.failure_threshold or self._opened_at is not None:
-                self._opened_at = time.monotonic()
+            change = self._note_locked(self._state_locked())
+        self._announce(change)
+
+    def end_probe(self) -> None:
+        """A probe batch ended without deciding (no row reached the LM): admit another probe."""
+        with self._lock:
+            self._probing = False
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _state_locked(self) -> State:
+        if self._opened_at is None:
+            return "closed"
+        if self._clock() - self._opened_at >= self.reset_seconds:
+            return "half_open"
+        return "open"
+
+    def _note_locked(self, state: State) -> tuple[State, State] | None:
+        if state == self._reported:
+            return None
+        old, self._reported = self._reported, state
+        return old, state
+
+    def _announce(self, change: tuple[State, State] | None) -> None:
+        if change is None:
+            return
+        old, new = change
+        if new == "open":
+            logger.warning(
+                "circuit for LM endpoint %s opened after %d consecutive transport failures; "
+                "no new LM work for %.0f s",
+                self.name,
+                self.failure_threshold,
+                self.reset_seconds,
+            )
+        else:
+            logger.info("circuit for LM endpoint %s: %s -> %s", self.name, old, new)
+        for listener in list(_listeners):
+            try:
+                listener(self.name, old, new)
+            except Exception:  # a listener must never break the run it observes
+                logger.exception("circuit listener %r failed", listener)
+
+
+_breakers: dict[str, CircuitBreaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def breaker_for(endpoint: str, failure_threshold: int = 5, reset_seconds: float = 30.0) -> CircuitBreaker:
+    """The process-wide breaker of ``endpoint`` (created with these parameters on first use)."""
+    with _breakers_lock:
+        breaker = _breakers.get(endpoint)
+        if breaker is None:
+            breaker = _breakers[endpoint] = CircuitBreaker(endpoint, failure_threshold, reset_seconds)
+        return breaker
+
+
+def reset_breakers() -> None:
+    """Forget every breaker (tests; a long-lived process after a provider incident)."""
+    with _breakers_lock:
+        _breakers.clear()

@@ -175,7 +175,15 @@ class RemoteDispatcher:
     # --- dispatch -------------------------------------------------------------------------------
 
     def __call__(self, step: Any, rows: list[dict[str, Any]], decision: Any, batch_key: str) -> BatchResult:
-        """Run one batch on ``decision.pool`` and return its result.
+        """Run one batch on ``decision.pool`` (the router's decision) and return its result."""
+        return self.dispatch(step, rows, str(decision.pool), batch_key, getattr(decision, "timeout_s", None))
+
+    def dispatch(
+        self, step: Any, rows: list[dict[str, Any]], pool: str, batch_key: str, timeout_s: float | None = None
+    ) -> BatchResult:
+        """Run one batch on ``pool``'s run-step deployment and return its result.
+
+        The result's ``pool`` names the pool that actually ran it (after any fallback).
 
         Raises:
             PoolUnavailableError: The pool had no live worker for ``worker_grace_seconds`` and the
@@ -186,12 +194,13 @@ class RemoteDispatcher:
         if found is not None:
             return found[1].model_copy(update={"reused": len(rows)})
         batch = write_payload(rows, name=f"batches/{batch_key}")
-        parameters = {
+        parameters: dict[str, Any] = {
             "step": step.model_dump(mode="json"),
             "batch": batch.model_dump(mode="json"),
             "batch_key": batch_key,
         }
-        pool = str(decision.pool)
+        if timeout_s is not None:
+            parameters["timeout_s"] = timeout_s
         attempts = self.settings.task_retries + 1
         failures: list[str] = []
         while True:
@@ -203,7 +212,7 @@ class RemoteDispatcher:
                         f"step {step.name!r}: run-step on pool {pool!r} completed but stored no result "
                         f"for batch {batch_key}"
                     )
-                return found[1]
+                return found[1].model_copy(update={"pool": pool})
             if outcome == "no-worker":  # the batch never ran: reroute (or fail) by the policy
                 pool = self._fallback(step, pool, detail)
                 continue
@@ -224,29 +233,32 @@ class RemoteDispatcher:
                 )
 
     def _fallback(self, step: Any, pool: str, detail: str) -> str:
+        from flows.router import fallback_pool
+
         grace = self.settings.worker_grace_seconds
-        if self.settings.fallback_policy == "general" and pool != "general":
-            ok, why = self.availability("general")
-            if ok:
-                logger.warning(
-                    "step %s: pool %r had no live worker for %.0f s (%s); fallback policy 'general': "
-                    "re-dispatching the batch to pool 'general'",
-                    step.name,
-                    pool,
-                    grace,
-                    detail,
-                )
-                return "general"
-            detail = f"{detail}; fallback pool 'general' too: {why}"
-        logger.error(
-            "step %s: pool %r had no live worker for %.0f s; fallback policy %r: failing the batch (%s)",
+        why = f"no live worker for {grace:.0f} s ({detail})"
+        try:
+            chosen = fallback_pool(pool, why, self.settings, self.availability)
+        except PoolUnavailableError:
+            logger.error(
+                "step %s: pool %r had no live worker for %.0f s; fallback policy %r: failing the batch",
+                step.name,
+                pool,
+                grace,
+                self.settings.fallback_policy,
+            )
+            raise
+        logger.warning(
+            "step %s: pool %r had no live worker for %.0f s (%s); fallback policy %r: "
+            "re-dispatching the batch to pool %r",
             step.name,
             pool,
             grace,
-            self.settings.fallback_policy,
             detail,
+            self.settings.fallback_policy,
+            chosen,
         )
-        raise PoolUnavailableError(pool, f"no live worker for {grace:.0f} s ({detail})")
+        return chosen
 
     def _run_once(
         self, step: Any, pool: str, parameters: dict[str, Any], batch_key: str, attempt: int

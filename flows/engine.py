@@ -20,14 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from dspex.exceptions import DSPexError
 from dspex.redact import redact
 from dspex.settings import Settings
 from flows import events, metrics
-from flows.pools import get_local_pool
+from flows.executors import BatchExecutor, BatchRequest, LocalExecutor
 from flows.router import RouteDecision, route_step
 from flows.spec import (
     ConditionalStep,
@@ -39,12 +37,14 @@ from flows.spec import (
     SelectStep,
 )
 from tasks import tracing
-from tasks.batch import BatchResult, RowError, run_module_batch
+from tasks.batch import BatchResult, RowError
 from tasks.rows import get_field, set_field
 
 __all__ = ["ERROR_FIELD", "EngineContext", "StepRecord", "batch_key", "check_pools", "run_steps"]
 
 ERROR_FIELD = "_error"
+#: Batches of one step in flight at once (each fills its pool; more would only queue).
+_MAX_BATCHES_IN_FLIGHT = 32
 logger = logging.getLogger(__name__)
 
 
@@ -57,10 +57,17 @@ class StepRecord(BaseModel):
     kind: str
     module: str = ""
     pool: str = "inline"
+    requested_pool: str = Field(default="", description="The pool the registry (or the step) asked for.")
+    actual_pool: list[str] = Field(
+        default_factory=list,
+        description="The pool(s) that actually ran the batches, after any fallback at dispatch time "
+        "(empty when no batch ran).",
+    )
     batch_size: int = 0
     batches: int = 0
     rows: int = 0
     failed: int = 0
+    not_attempted: int = Field(default=0, description="Rows never tried (circuit open, run stopped).")
     estimated_ms: float | None = None
     actual_ms: float = 0.0
     error_pct: float | None = None
@@ -75,32 +82,43 @@ class EngineContext:
 
     Attributes:
         settings: Effective settings.
-        lm: The DSPy LM (None: built from settings inside each task).
+        lm: The DSPy LM (None: built from settings inside each batch).
         lm_key: A stable description of the LM, part of each batch key.
-        continue_on_error: Whether failed rows let the pipeline go on.
-        dispatch: Sends a module batch somewhere and returns its result; local by default.
+        continue_on_error: Whether failed rows let the pipeline go on; when false, the first row
+            that fails for good stops the run: no new batch starts, no row makes a new attempt.
+        executor: Runs the batches (default: a `LocalExecutor` on the in-process pools).
         on_progress: Called with the fraction of routed batches done.
         records: Step records, in execution order.
+        stop: Set to stop the run (a failed row under ``continue_on_error=false``, an interrupt):
+            batches and rows not started yet are reported *not attempted*.
     """
 
     settings: Settings
     lm: Any
     lm_key: str
     continue_on_error: bool
-    dispatch: Callable[..., BatchResult] | None = None
+    executor: BatchExecutor | None = None
     on_progress: Callable[[float], None] | None = None
     records: list[StepRecord] = field(default_factory=list)
     stop: bool = False
     batches_total: int = 0
     batches_done: int = 0
 
+    def get_executor(self) -> BatchExecutor:
+        """The executor, a `LocalExecutor` bound to this context when none was given."""
+        if self.executor is None:
+            self.executor = LocalExecutor(
+                self.settings, self.lm, stop=lambda: self.stop, on_row_failed=self._row_failed
+            )
+        return self.executor
+
+    def _row_failed(self, error: BaseException) -> None:
+        if not self.continue_on_error:
+            self.stop = True
+
     def availability(self, pool: str) -> tuple[bool, str]:
-        """Whether a pool can take work (local pools; distributed mode overrides via dispatch)."""
-        remote = getattr(self.dispatch, "availability", None)
-        if remote is not None:  # distributed mode: live workers of the Prefect work pool
-            result: tuple[bool, str] = remote(pool)
-            return result
-        return get_local_pool(pool, self.settings).availability()
+        """Whether a pool can take work now (the executor's answer: local capacity, live workers)."""
+        return self.get_executor().availability(pool)
 
 
 def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) -> list[dict[str, Any]]:
@@ -148,7 +166,14 @@ def _log(message: str, *args: Any) -> None:
 
 def _fail(row: dict[str, Any], step: str | None, error: RowError | BaseException) -> None:
     if isinstance(error, RowError):
-        row[ERROR_FIELD] = {"step": step, "type": error.type, "message": error.message}
+        row[ERROR_FIELD] = {
+            "step": step,
+            "type": error.type,
+            "message": error.message,
+            "retryable": error.retryable,
+        }
+        if error.not_attempted:
+            row[ERROR_FIELD]["not_attempted"] = True
     else:
         row[ERROR_FIELD] = {"step": step, "type": type(error).__name__, "message": redact(str(error))}
 
@@ -183,7 +208,9 @@ def batch_key(step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], lm_ke
 def _module_step(
     step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
 ) -> None:
-    decision = route_step(step, len(active), ctx.settings, ctx.availability)
+    decision = route_step(
+        step, len(active), ctx.settings, ctx.availability, input_size=_row_chars(step, rows, active)
+    )
     events.step_decided(decision, len(active))
     _log(
         "route %s: %s (%d rows, %d batches of %d)",
@@ -199,14 +226,11 @@ def _module_step(
     results = _dispatch_batches(step, rows, chunks, decision, ctx)
     actual_ms = (time.perf_counter() - start) * 1000
     reused = 0
-    pool = get_local_pool(decision.pool, ctx.settings)
     for chunk, result in zip(chunks, results, strict=True):
         if isinstance(result, BaseException):
-            pool.breaker.record_failure()
             for i in chunk:
                 _fail(rows[i], step.name, result)
             continue
-        pool.breaker.record_success()
         reused += result.reused
         for i, output, error in zip(chunk, result.outputs, result.errors, strict=True):
             if error is not None:
@@ -216,7 +240,15 @@ def _module_step(
                     set_field(rows[i], key, value)
     _learn(decision, results)
     metrics.observe_batches(step.name, results)
-    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused))
+    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused, results))
+
+
+def _row_chars(step: Any, rows: list[dict[str, Any]], active: list[int]) -> int | None:
+    """The size of one row's inputs in characters (the largest of the first 20): the registry's
+    per-call ``input_size``."""
+    reads = sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()))
+    sizes = [len(json.dumps([get_field(rows[i], f, None) for f in reads], default=str)) for i in active[:20]]
+    return max(sizes) if sizes else None
 
 
 def _dispatch_batches(
@@ -226,63 +258,42 @@ def _dispatch_batches(
     decision: RouteDecision,
     ctx: EngineContext,
 ) -> list[BatchResult | BaseException]:
-    retries = ctx.settings.task_retries
-    if ctx.dispatch is not None:
-        return _dispatch_remote(step, rows, chunks, decision, ctx)
-    pool = get_local_pool(decision.pool, ctx.settings)
-    task = run_module_batch.with_options(
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=ctx.settings.task_retry_delay_seconds)(retries)
-        if retries
-        else 0,
-    )
-    futures = []
+    """Run every batch on the executor, a bounded number at a time, results in batch order.
+
+    A batch that raised is kept as its exception, so its rows are reported and the others go on;
+    once the run stops (``ctx.stop``), batches not started yet come back *not attempted*.
+    """
+    executor = ctx.get_executor()
+    parent = contextvars.copy_context()
+    requests = []
     for n, chunk in enumerate(chunks):
         batch_rows = [rows[i] for i in chunk]
-        futures.append(
-            task.with_options(task_run_name=f"{step.name}-batch-{n}").submit(
-                step,
-                batch_rows,
-                submit=pool.submit,
-                lm=ctx.lm,
+        requests.append(
+            BatchRequest(
+                step=step,
+                rows=batch_rows,
+                pool=decision.pool,
                 batch_key=batch_key(step, batch_rows, ctx.lm_key),
-                retries=retries,
                 timeout_s=decision.timeout_s,
+                index=n,
             )
         )
-    return _collect(step, futures, ctx)
-
-
-def _dispatch_remote(
-    step: ModuleStep | RetrieveStep,
-    rows: list[dict[str, Any]],
-    chunks: list[list[int]],
-    decision: RouteDecision,
-    ctx: EngineContext,
-) -> list[BatchResult | BaseException]:
-    assert ctx.dispatch is not None
-    dispatch = ctx.dispatch
-    parent = contextvars.copy_context()
-    with ThreadPoolExecutor(max_workers=max(len(chunks), 1), thread_name_prefix="dspex-dispatch") as executor:
-        futures = []
-        for chunk in chunks:
-            batch_rows = [rows[i] for i in chunk]
-            key = batch_key(step, batch_rows, ctx.lm_key)
-            futures.append(executor.submit(parent.copy().run, dispatch, step, batch_rows, decision, key))
-        return _collect(step, futures, ctx)
-
-
-def _collect(step: Any, futures: list[Any], ctx: EngineContext) -> list[BatchResult | BaseException]:
-    """Each batch's result in order; a batch that failed as a whole is kept as its exception, so its
-    rows are reported and the other batches go on."""
+    workers = max(min(len(requests), _MAX_BATCHES_IN_FLIGHT), 1)
     results: list[BatchResult | BaseException] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except Exception as exc:  # a batch's failure is data: its rows get this error
-            logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
-            results.append(exc)
-        _progress(ctx)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-dispatch") as pool:
+        futures = [pool.submit(parent.copy().run, executor.run, request) for request in requests]
+        for future in futures:
+            try:
+                result = future.result()
+            except Exception as exc:  # a batch's failure is data: its rows get this error
+                logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
+                results.append(exc)
+                ctx.stop = ctx.stop or not ctx.continue_on_error
+            else:
+                results.append(result)
+                if not ctx.continue_on_error and result.failed > result.not_attempted:
+                    ctx.stop = True  # a row failed for good: no other batch starts
+            _progress(ctx)
     return results
 
 
@@ -317,6 +328,7 @@ def _record(
     rows: list[dict[str, Any]],
     actual_ms: float,
     reused: int,
+    results: list[BatchResult | BaseException],
 ) -> StepRecord:
     indices = [i for chunk in chunks for i in chunk]
     events.estimate_drift(
@@ -327,15 +339,26 @@ def _record(
         actual_ms=actual_ms,
     )
     error = abs(decision.estimated_ms - actual_ms) / actual_ms * 100 if actual_ms > 0 else None
+    ran_on = sorted(
+        {r.pool for r in results if isinstance(r, BatchResult) and r.pool and r.not_attempted < len(r.errors)}
+    )
     return StepRecord(
         step=step.name,
         kind=step.kind,
         module=decision.module,
         pool=decision.pool,
+        requested_pool=decision.requested_pool,
+        actual_pool=ran_on,
         batch_size=decision.batch_size,
         batches=len(chunks),
         rows=len(indices),
         failed=sum(ERROR_FIELD in rows[i] and rows[i][ERROR_FIELD]["step"] == step.name for i in indices),
+        not_attempted=sum(
+            ERROR_FIELD in rows[i]
+            and rows[i][ERROR_FIELD]["step"] == step.name
+            and rows[i][ERROR_FIELD].get("not_attempted", False)
+            for i in indices
+        ),
         estimated_ms=round(decision.estimated_ms, 1),
         actual_ms=round(actual_ms, 1),
         error_pct=round(error, 1) if error is not None else None,
@@ -351,8 +374,8 @@ def _record(
 def _retrieve_step(
     step: RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
 ) -> None:
-    from tasks.retrieve import run_retrieve_batch
-
+    """Queries are checked here (bad ones fail their row); the batches then run like module batches,
+    on the same executor, in both modes (``run_batch`` does the retrieval)."""
     valid = []
     for i in active:
         query = get_field(rows[i], step.retrieve, None)
@@ -360,45 +383,7 @@ def _retrieve_step(
             valid.append(i)
         else:
             _fail(rows[i], step.name, ValueError(f"field {step.retrieve!r} is not a non-empty string"))
-    active = valid
-    if ctx.dispatch is not None:  # distributed mode: batches go to the pool's run-step deployment
-        _module_step(step, rows, active, ctx)
-        return
-    decision = route_step(step, len(active), ctx.settings, ctx.availability)
-    _log("route %s: %s", step.name, decision.reason)
-    events.step_decided(decision, len(active))
-    chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
-    ctx.batches_total += len(chunks)
-    pool = get_local_pool(decision.pool, ctx.settings)
-    start = time.perf_counter()
-    futures = []
-    for n, chunk in enumerate(chunks):
-        queries = [get_field(rows[i], step.retrieve, None) for i in chunk]
-        futures.append(
-            run_retrieve_batch.with_options(task_run_name=f"{step.name}-batch-{n}").submit(
-                step, queries, submit=pool.submit, timeout_s=decision.timeout_s
-            )
-        )
-    latencies: list[float] = []
-    for chunk, future in zip(chunks, futures, strict=True):
-        try:
-            passages, per_query_ms = future.result()
-        except (DSPexError, ValueError, RuntimeError, TimeoutError) as exc:
-            for i in chunk:
-                _fail(rows[i], step.name, exc)
-            _progress(ctx)
-            continue
-        latencies.append(per_query_ms)
-        for i, found in zip(chunk, passages, strict=True):
-            set_field(rows[i], step.output, found)
-        _progress(ctx)
-    actual_ms = (time.perf_counter() - start) * 1000
-    import registry
-
-    for latency in latencies:
-        registry.record_duration(decision.module, latency, pool=decision.pool)
-    metrics.observe_latencies(step.name, latencies)
-    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, 0))
+    _module_step(step, rows, valid, ctx)
 
 
 # --- native steps -------------------------------------------------------------------------------
@@ -450,7 +435,7 @@ def _sub_context(ctx: EngineContext) -> EngineContext:
         lm=ctx.lm,
         lm_key=ctx.lm_key,
         continue_on_error=True,  # failures are propagated to the parent rows below
-        dispatch=ctx.dispatch,
+        executor=ctx.get_executor(),  # bound to the root context: its stop holds in branches too
         on_progress=None,
         records=ctx.records,
     )

@@ -22,7 +22,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from dspex.exceptions import PipelineSpecError, PoolUnavailableError
+from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.pipeline import load_rows
@@ -122,14 +122,15 @@ def pick_pool(name: str, settings: Settings) -> LocalPool:
     Raises:
         PoolUnavailableError: It cannot take work and ``DSPEX_FALLBACK_POLICY`` is ``fail``.
     """
+    from flows.router import fallback_pool
+
     pool = get_local_pool(name, settings)
     ok, reason = pool.availability()
     if ok:
         return pool
-    if settings.fallback_policy == "fail" or name == "general":
-        raise PoolUnavailableError(name, reason)
-    get_run_logger().warning("pool %s cannot take work (%s); using the general pool", name, reason)
-    return pick_pool("general", settings)
+    chosen = fallback_pool(name, reason, settings, lambda p: get_local_pool(p, settings).availability())
+    get_run_logger().warning("pool %s cannot take work (%s); using the %s pool", name, reason, chosen)
+    return get_local_pool(chosen, settings)
 
 
 class ProgressArtifact:

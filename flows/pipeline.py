@@ -211,19 +211,17 @@ def run_pipeline(
     else:
         logger.info("LM: %s", lm_info.get("model"))
 
-    dispatch = None
-    if settings.mode == "distributed":
-        from flows.distributed import remote_dispatcher
-
-        dispatch = remote_dispatcher(settings)
     ctx = EngineContext(
         settings=settings,
         lm=chosen_lm,
         lm_key=_lm_key(chosen_lm, lm_info),
         continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
-        dispatch=dispatch,
         on_progress=progress_reporter(spec.name),
     )
+    if settings.mode == "distributed":
+        from flows.executors import RemoteExecutor
+
+        ctx.executor = RemoteExecutor(settings, stop=lambda: ctx.stop)
     check_pools(spec.steps, ctx)
     for i, row in enumerate(rows):
         row.setdefault("_row", i)

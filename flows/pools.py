@@ -16,16 +16,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from dspex.settings import Settings, get_settings
-from flows.circuit import CircuitBreaker
+from registry.models import PoolType
 
 __all__ = ["POOL_NAMES", "LocalPool", "get_local_pool", "shutdown_local_pools"]
 
-POOL_NAMES = ("general", "optimizer", "gpu")
+#: The pool names, in one place: the registry's `PoolType` (the CLI, pool setup and the router use this).
+POOL_NAMES: tuple[str, ...] = tuple(pool.value for pool in PoolType)
 T = TypeVar("T")
 
 
 class LocalPool:
-    """A named, bounded executor with a circuit breaker.
+    """A named, bounded executor (circuit breakers are per LM endpoint: `flows.circuit`).
 
     Args:
         name: The pool's name.
@@ -35,7 +36,6 @@ class LocalPool:
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
-        self.breaker = CircuitBreaker()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -43,8 +43,6 @@ class LocalPool:
         """Whether the pool can take work now, and why not."""
         if self.capacity <= 0:
             return False, "capacity is 0"
-        if self.breaker.state == "open":
-            return False, "circuit open after repeated batch failures"
         return True, "ok"
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dspex.exceptions import PoolUnavailableError
 from dspex.settings import Settings
 
-__all__ = ["MAX_BATCHES_PER_CAPACITY", "RouteDecision", "registry_name", "route_step"]
+__all__ = ["MAX_BATCHES_PER_CAPACITY", "RouteDecision", "fallback_pool", "registry_name", "route_step"]
 
 MAX_BATCHES_PER_CAPACITY = 4
 
@@ -56,6 +56,24 @@ def registry_name(step: Any) -> str:
     return str(step.module)
 
 
+def fallback_pool(pool: str, why: str, settings: Settings, availability: Availability) -> str:
+    """The pool to use instead of ``pool``, which cannot take work (``why``), under the fallback policy.
+
+    The one implementation of ``DSPEX_FALLBACK_POLICY``: the router (before a step starts), the
+    remote executor (a batch no worker picked up) and the evaluate flow all call it.
+
+    Raises:
+        PoolUnavailableError: The policy is ``fail``, ``pool`` is already ``general``, or the general
+            pool cannot take work either.
+    """
+    if settings.fallback_policy == "fail" or pool == "general":
+        raise PoolUnavailableError(pool, why)
+    ok_general, why_general = availability("general")
+    if not ok_general:
+        raise PoolUnavailableError(pool, f"{why}; fallback pool 'general' too: {why_general}")
+    return "general"
+
+
 def route_step(
     step: Any,
     rows: int,
@@ -63,6 +81,7 @@ def route_step(
     availability: Availability,
     *,
     optimize_latency: bool = False,
+    input_size: int | None = None,
 ) -> RouteDecision:
     """Decide where ``step`` runs for ``rows`` rows.
 
@@ -72,6 +91,8 @@ def route_step(
         settings: The effective settings (capacities, batch sizing, fallback policy).
         availability: Tells whether a pool can take work now, and why not.
         optimize_latency: Passed to the registry's recommendation (native preference).
+        input_size: The size of one row's inputs in characters, when known (the registry's
+            ``input_size`` is per call: it scales the per-call timeout, so the row count must not).
 
     Raises:
         PoolUnavailableError: The pool cannot take work and the policy is ``fail`` (or the general
@@ -81,7 +102,7 @@ def route_step(
 
     name = registry_name(step)
     recommendation = registry.routing_recommendation(
-        name, {"input_size": rows, "optimize_latency": optimize_latency}
+        name, {"input_size": input_size, "optimize_latency": optimize_latency}
     )
     requested = str(getattr(step, "pool", None) or recommendation.pool_type)
     pool, reason = (
@@ -94,12 +115,8 @@ def route_step(
     )
     ok, why = availability(pool)
     if not ok:
-        if settings.fallback_policy == "fail" or pool == "general":
-            raise PoolUnavailableError(pool, why)
-        ok_general, why_general = availability("general")
-        if not ok_general:
-            raise PoolUnavailableError(pool, f"{why}; fallback pool 'general' too: {why_general}")
-        pool, reason = "general", f"fallback: pool {requested!r} unavailable ({why}) -> 'general'"
+        pool = fallback_pool(pool, why, settings, availability)
+        reason = f"fallback: pool {requested!r} unavailable ({why}) -> {pool!r}"
 
     estimate = registry.estimate(name, pool=pool)
     per_example = max(float(estimate.ms), 0.001)

@@ -15,17 +15,15 @@ re-dispatched batch contributes every row exactly once.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.tasks import exponential_backoff
 from pydantic import TypeAdapter
 
 from dspex.exceptions import PayloadError, PipelineSpecError
 from dspex.settings import Settings, get_settings
 from flows.spec import ModuleStep, RetrieveStep
-from tasks.batch import BatchResult, run_module_batch
+from tasks.batch import BatchResult
 from tasks.payloads import PayloadRef, read_payload, read_rows, storage, write_payload
 
 __all__ = [
@@ -113,55 +111,25 @@ def execute_step_batch(
     pool: str,
     settings: Settings,
     lm: Any = None,
+    timeout_s: float | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool executor.
 
-    Module steps go through the `run_module_batch` task with the same retries and backoff as the
-    local engine; retrieve steps run one encode call for the whole batch.
+    It is `flows.executors.run.run_batch`, the function local mode runs: the same row retries,
+    breaker, rate limits and timeout, so a batch behaves the same wherever it runs.
 
     Args:
         step: The step.
         rows: The batch's rows.
-        batch_key: The batch's identity across attempts.
+        batch_key: The batch's identity across attempts (for logs).
         pool: The pool this worker serves (sizes the executor: the pool's capacity).
         settings: This worker's settings.
         lm: The LM for module steps (default: built from ``settings``).
+        timeout_s: Longest the batch may take (the orchestrator's route decision).
     """
-    from flows.pools import get_local_pool
+    from flows.executors.run import run_batch
 
-    local = get_local_pool(pool, settings)
-    if isinstance(step, RetrieveStep):
-        from tasks.retrieve import retrieve_batch
-        from tasks.rows import get_field
-
-        start = time.perf_counter()
-        queries = [get_field(row, step.retrieve, None) for row in rows]
-        passages, per_query_ms = local.submit(retrieve_batch, step, queries).result()
-        return BatchResult(
-            outputs=[{step.output: found} for found in passages],
-            errors=[None] * len(rows),
-            latencies_ms=[per_query_ms] * len(rows),
-            wall_ms=(time.perf_counter() - start) * 1000,
-        )
-    from tasks.lm import build_lm
-
-    retries = settings.task_retries
-    task = run_module_batch.with_options(
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.task_retry_delay_seconds)(retries)
-        if retries
-        else 0,
-        task_run_name=f"{step.name}-batch",
-    )
-    result: BatchResult = task(
-        step,
-        rows,
-        submit=local.submit,
-        lm=lm if lm is not None else build_lm(settings),
-        batch_key=batch_key,
-        retries=retries,
-    )
-    return result
+    return run_batch(step, rows, pool=pool, settings=settings, lm=lm, timeout_s=timeout_s)
 
 
 @flow(
@@ -170,7 +138,13 @@ def execute_step_batch(
     validate_parameters=True,
     persist_result=False,  # the result travels by reference, under results/<batch_key>
 )
-def run_step(step: dict[str, Any], batch: PayloadRef, batch_key: str, pool: str = "general") -> PayloadRef:
+def run_step(
+    step: dict[str, Any],
+    batch: PayloadRef,
+    batch_key: str,
+    pool: str = "general",
+    timeout_s: float | None = None,
+) -> PayloadRef:
     """Run one batch of ``step`` over the rows ``batch`` refers to; store the result by key.
 
     Args:
@@ -178,6 +152,7 @@ def run_step(step: dict[str, Any], batch: PayloadRef, batch_key: str, pool: str 
         batch: The batch's rows on shared storage.
         batch_key: The batch's identity; its result is stored under ``results/<batch_key>``.
         pool: The pool this deployment serves (sizes the executor).
+        timeout_s: Longest the batch may take (rows cut off fail, rows not started are not attempted).
 
     Returns:
         The reference of the stored `BatchResult`.
@@ -191,7 +166,9 @@ def run_step(step: dict[str, Any], batch: PayloadRef, batch_key: str, pool: str 
     parsed = parse_step(step)
     rows = read_rows(batch)
     logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
-    result = execute_step_batch(parsed, rows, batch_key=batch_key, pool=pool, settings=settings)
+    result = execute_step_batch(
+        parsed, rows, batch_key=batch_key, pool=pool, settings=settings, timeout_s=timeout_s
+    )
     ref = write_batch_result(result, batch_key)
     logger.info("batch %s done: %d failed of %d; result %s", batch_key, result.failed, len(rows), ref.uri)
     return ref

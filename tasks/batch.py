@@ -1,17 +1,19 @@
 """Run one DSPy module over one batch of rows: the unit of work a pool executes.
 
-`execute_module_batch` is a plain function (unit-testable without Prefect); `run_module_batch` is
-the Prefect task around it that the engine dispatches, with retries for transient LM errors only.
+`execute_module_batch` is a plain function (unit-testable without Prefect). The batch executors
+(`flows.executors`) call it, in local mode and on a worker alike, with the pool's ``submit``, a
+`RowGuard` (the endpoint's circuit breaker and rate limiter) and the `tasks.retry.RetryPolicy`.
 
 Within a batch, rows run concurrently on the pool's executor, each inside ``dspy.context(lm=...)``
-(never a global ``dspy.configure`` from a worker thread). Every row ends in one of three ways:
+(never a global ``dspy.configure`` from a worker thread). Retries happen *here*, per row, and only
+here: a plain ``dspy.LM`` is called with its own ``num_retries`` off, and nothing retries the batch
+around this function, so a row is tried at most ``policy.attempts`` times. Every row ends one way:
 
-* completed: its outputs are kept (and survive a retry of the batch: completed rows are never
-  recomputed, see `_partials`);
-* failed for good (bad input, an output the adapter cannot parse, a non-retryable LM error): the
-  row carries its error, the batch goes on;
-* failed transiently (rate limit, timeout, server error): the batch raises a retryable error so
-  Prefect retries it with backoff; on the final attempt the row is reported as failed instead.
+* completed: its outputs are kept;
+* failed: bad input, an answer the adapter cannot parse, a non-retryable LM error, or a transient
+  error that outlived its retries (``retryable`` true: a resumed run tries it again);
+* not attempted: the guard refused it before its first attempt (circuit open, the run stopping) or
+  the batch's time ran out before it started; ``not_attempted`` and ``retryable`` are true.
 """
 
 from __future__ import annotations
@@ -21,34 +23,44 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any
+from typing import Any, Protocol
 
 import dspy
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dspex.exceptions import InputValidationError, StepExecutionError, is_retryable, retry_condition
+from dspex.exceptions import InputValidationError, is_retryable
 from dspex.redact import redact
 from tasks.modules import build_module
+from tasks.retry import RetryPolicy
 from tasks.rows import MISSING, get_field, to_jsonable
 
-__all__ = ["BatchResult", "RowError", "execute_module_batch", "run_module_batch"]
+__all__ = [
+    "BatchResult",
+    "RowError",
+    "RowGuard",
+    "execute_module_batch",
+    "not_attempted_result",
+    "without_lm_retries",
+]
+
+Submit = Callable[..., "Future[Any]"]
 
 
 class RowError(BaseModel):
-    """Why one row failed."""
+    """Why one row failed (or was not attempted)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type: str = Field(description="The exception's class name.")
+    type: str = Field(description="The exception's class name (``NotAttempted`` for a row never tried).")
     message: str = Field(description="The exception's message (never contains secrets).")
 
     @field_validator("message")
     @classmethod
     def _no_secrets(cls, value: str) -> str:
         return redact(value)  # keeps the promise above, whoever builds the error
-    retryable: bool = Field(description="Whether the error was transient.")
+
+    retryable: bool = Field(description="Whether the error was transient (a re-run may succeed).")
+    not_attempted: bool = Field(default=False, description="The row never reached the LM in this run.")
 
 
 class BatchResult(BaseModel):
@@ -58,23 +70,68 @@ class BatchResult(BaseModel):
 
     outputs: list[dict[str, Any] | None]
     errors: list[RowError | None]
-    latencies_ms: list[float] = Field(description="Per-row LM-call latency (0 for reused rows).")
+    latencies_ms: list[float] = Field(description="Per-row LM-call latency (0 for rows not run).")
     wall_ms: float = Field(description="Wall time of the batch.")
-    reused: int = Field(default=0, description="Rows taken from an earlier attempt, not recomputed.")
-    attempts: int = Field(default=1, description="Which attempt produced this result.")
+    reused: int = Field(default=0, description="Rows taken from an earlier result, not recomputed.")
+    attempts: int = Field(default=1, description="Most tries any row of the batch took.")
+    pool: str = Field(default="", description="The pool that actually ran the batch.")
 
     @property
     def failed(self) -> int:
-        """How many rows failed."""
+        """How many rows failed or were not attempted."""
         return sum(error is not None for error in self.errors)
 
+    @property
+    def not_attempted(self) -> int:
+        """How many rows never reached the LM."""
+        return sum(error is not None and error.not_attempted for error in self.errors)
 
-# Completed rows of batches whose attempt failed, by batch key, so a retry runs only the rest.
-# Retries of a task run happen in the same process (Prefect retries in place), local or worker.
-_partials: dict[str, dict[int, dict[str, Any]]] = {}
-_partials_lock = threading.Lock()
 
-Submit = Callable[..., "Future[Any]"]
+class RowGuard(Protocol):
+    """What stands between a row and the LM: the endpoint's breaker and rate limiter, the run's stop."""
+
+    def admit(self) -> str | None:
+        """None when the row may make an attempt now; else why not (it is then not attempted)."""
+
+    def record(self, error: BaseException | None) -> None:
+        """The outcome of one attempt (None: success)."""
+
+    def give_up(self, error: BaseException) -> None:
+        """The row failed for good with ``error`` (no retry left, or not retryable)."""
+
+    def callbacks(self) -> list[Any]:
+        """DSPy callbacks to install around the row's LM calls (the rate limiter)."""
+
+
+class _Refused(Exception):
+    """A row the guard did not let make an (other) attempt."""
+
+    def __init__(self, reason: str, last: BaseException | None) -> None:
+        self.reason = reason
+        self.last = last
+        super().__init__(reason)
+
+
+def not_attempted_result(n: int, reason: str, pool: str = "", start: float | None = None) -> BatchResult:
+    """A result whose ``n`` rows were all not attempted, for ``reason``."""
+    error = RowError(type="NotAttempted", message=reason, retryable=True, not_attempted=True)
+    return BatchResult(
+        outputs=[None] * n,
+        errors=[error] * n,
+        latencies_ms=[0.0] * n,
+        wall_ms=0.0 if start is None else (time.perf_counter() - start) * 1000,
+        pool=pool,
+    )
+
+
+def without_lm_retries(lm: Any) -> Any:
+    """``lm`` with DSPy's own retries off (a plain ``dspy.LM``), so only the `RetryPolicy` retries.
+
+    Other LM classes (a test's DummyLM, a user's client) are returned as they are.
+    """
+    if type(lm) is dspy.LM and lm.num_retries:
+        return lm.copy(num_retries=0)
+    return lm
 
 
 def _row_inputs(step: Any, row: Mapping[str, Any], input_names: list[str]) -> dict[str, Any]:
@@ -94,26 +151,62 @@ def _row_inputs(step: Any, row: Mapping[str, Any], input_names: list[str]) -> di
     return values
 
 
-def _run_row(
-    module: dspy.Module, lm: Any, kwargs: dict[str, Any], output_map: dict[str, str], names: list[str] | None
-) -> tuple[dict[str, Any], float]:
-    start = time.perf_counter()
-    with dspy.context(lm=lm) if lm is not None else _nullcontext():
+def _call(
+    module: dspy.Module,
+    lm: Any,
+    kwargs: dict[str, Any],
+    output_map: dict[str, str],
+    names: list[str] | None,
+    callbacks: list[Any],
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if lm is not None:
+        overrides["lm"] = lm
+    if callbacks:
+        overrides["callbacks"] = [*(dspy.settings.get("callbacks") or []), *callbacks]
+    with dspy.context(**overrides):
         prediction = module(**kwargs)
-    latency = (time.perf_counter() - start) * 1000
     # Every field the module returns: the signature's outputs and what the module adds to them
     # (ChainOfThought's reasoning, ReAct's trajectory), renamed by the step's output mapping.
     keys = list(prediction.keys()) or (names or [])
-    outputs = {output_map.get(key, key): to_jsonable(prediction.get(key)) for key in keys}
-    return outputs, latency
+    return {output_map.get(key, key): to_jsonable(prediction.get(key)) for key in keys}
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _run_row(
+    call: Callable[[list[Any]], dict[str, Any]],
+    guard: RowGuard | None,
+    policy: RetryPolicy,
+    abandoned: threading.Event,
+) -> tuple[dict[str, Any], float, int]:
+    """One row with its retries: (outputs, latency of the successful attempt, attempts)."""
+    last: BaseException | None = None
+    attempt = 0
+    while True:
+        reason = "the batch's time ran out" if abandoned.is_set() else (guard.admit() if guard else None)
+        if reason is not None:
+            raise _Refused(reason, last)
+        attempt += 1
+        start = time.perf_counter()
+        try:
+            outputs = call(guard.callbacks() if guard else [])
+        except Exception as exc:  # classified: retried here, or reported as the row's error
+            if guard is not None:
+                guard.record(exc)
+            if not is_retryable(exc) or attempt >= policy.attempts:
+                if guard is not None:
+                    guard.give_up(exc)
+                raise
+            last = exc
+            # Wait out the backoff in short steps, so an open circuit or a stop ends it early.
+            until = time.monotonic() + policy.delay(attempt, exc)
+            while (left := until - time.monotonic()) > 0 and not abandoned.is_set():
+                if guard is not None and guard.admit() is not None:
+                    break
+                time.sleep(min(left, 0.1))
+            continue
+        if guard is not None:
+            guard.record(None)
+        return outputs, (time.perf_counter() - start) * 1000, attempt
 
 
 def execute_module_batch(
@@ -122,29 +215,27 @@ def execute_module_batch(
     *,
     lm: Any,
     submit: Submit,
-    batch_key: str,
-    final_attempt: bool = True,
-    attempt: int = 1,
+    guard: RowGuard | None = None,
+    policy: RetryPolicy | None = None,
     timeout_s: float | None = None,
+    pool: str = "",
 ) -> BatchResult:
     """Run ``step``'s module over ``rows``.
 
     Args:
         step: The `flows.spec.ModuleStep`.
         rows: The batch's rows.
-        lm: The DSPy LM to use (None: DSPy's configured LM).
+        lm: The DSPy LM to use (None: DSPy's configured LM); its own retries are turned off.
         submit: Runs a callable on the pool (``LocalPool.submit`` or an executor's ``submit``).
-        batch_key: Identifies this batch across attempts (completed rows are kept under it).
-        final_attempt: Whether no retry follows; transient row failures are then reported, not raised.
-        attempt: The attempt number, for the result.
-        timeout_s: Longest the batch may take; rows still running then fail with a (retryable)
-            ``TimeoutError``. Enforced here because Prefect cannot interrupt a task in a thread.
-
-    Raises:
-        StepExecutionError: Retryable (``is_retryable`` is true): some rows failed transiently and a
-            retry follows; the completed rows are kept for it.
+        guard: The endpoint's breaker and limiter and the run's stop (None: no guard).
+        policy: How many times a row is tried, and the waits (default: 3 tries).
+        timeout_s: Longest the batch may take. Rows still running then fail with a retryable
+            ``TimeoutError`` and are never called again; rows not started are not attempted.
+        pool: The pool running the batch (recorded in the result).
     """
     start = time.perf_counter()
+    policy = policy or RetryPolicy()
+    lm = without_lm_retries(lm)
     spec = step.signature_spec()
     input_names = list(spec.input_names) if spec is not None else list(step.inputs)
     output_names = list(spec.output_names) if spec is not None else None
@@ -155,17 +246,14 @@ def execute_module_batch(
         validator = compile_signature(step.signature, instructions=step.instructions)
     module = build_module(step)
 
-    with _partials_lock:
-        done = dict(_partials.get(batch_key, {}))
     n = len(rows)
     outputs: list[dict[str, Any] | None] = [None] * n
     errors: list[RowError | None] = [None] * n
     latencies = [0.0] * n
+    tries = [0] * n
+    abandoned = threading.Event()
     futures: dict[int, Future[Any]] = {}
     for i, row in enumerate(rows):
-        if i in done:
-            outputs[i] = done[i]
-            continue
         try:
             kwargs = _row_inputs(step, row, input_names)
             if validator is not None:
@@ -173,95 +261,52 @@ def execute_module_batch(
         except InputValidationError as exc:
             errors[i] = RowError(type=type(exc).__name__, message=str(exc), retryable=False)
             continue
-        futures[i] = submit(_run_row, module, lm, kwargs, step.outputs, output_names)
 
-    transient = 0
+        def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+            return _call(module, lm, kwargs, step.outputs, output_names, callbacks)
+
+        futures[i] = submit(_run_row, call, guard, policy, abandoned)
+
     deadline = None if timeout_s is None else start + timeout_s
     for i, future in futures.items():
         try:
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
-            outputs[i], latencies[i] = future.result(timeout=remaining)
+            outputs[i], latencies[i], tries[i] = future.result(timeout=remaining)
         except FuturesTimeout:
-            future.cancel()
-            transient += 1
+            # Threads cannot be interrupted: the row's in-flight call runs out on its own (bounded
+            # by the LM timeout), but `abandoned` stops it from being tried again.
+            abandoned.set()
+            started = not future.cancel()
             errors[i] = RowError(
-                type="TimeoutError",
-                message=f"row did not finish within the batch timeout of {timeout_s:.0f} s",
+                type="TimeoutError" if started else "NotAttempted",
+                message=f"the batch timeout of {timeout_s:.0f} s ran out"
+                + ("" if started else " before this row started"),
                 retryable=True,
+                not_attempted=not started,
             )
+        except _Refused as refused:
+            if refused.last is None:
+                errors[i] = RowError(
+                    type="NotAttempted", message=refused.reason, retryable=True, not_attempted=True
+                )
+            else:
+                errors[i] = RowError(
+                    type=type(refused.last).__name__,
+                    message=f"{_message(refused.last)} (not retried: {refused.reason})",
+                    retryable=True,
+                )
         except Exception as exc:  # a row's failure is data: it is classified and reported
-            retryable = is_retryable(exc)
-            transient += retryable
-            errors[i] = RowError(type=type(exc).__name__, message=_message(exc), retryable=retryable)
-
-    if transient and not final_attempt:
-        completed = {i: out for i, out in enumerate(outputs) if out is not None}
-        with _partials_lock:
-            _partials[batch_key] = completed
-        error = StepExecutionError(
-            f"{transient} of {n} rows failed transiently; retrying the batch "
-            f"({len(completed)} completed rows kept)",
-            step=step.name,
-            completed=len(completed),
-        )
-        error.retryable = True
-        raise error
-    with _partials_lock:
-        _partials.pop(batch_key, None)
+            errors[i] = RowError(type=type(exc).__name__, message=_message(exc), retryable=is_retryable(exc))
     return BatchResult(
         outputs=outputs,
         errors=errors,
         latencies_ms=latencies,
         wall_ms=(time.perf_counter() - start) * 1000,
-        reused=len(done),
-        attempts=attempt,
+        attempts=max(tries, default=0) or 1,
+        pool=pool,
     )
 
 
 def _message(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 500 else text[:497] + "..."
-
-
-@task(
-    name="run-module-batch",
-    retry_condition_fn=retry_condition,
-    retry_jitter_factor=0.5,
-    cache_policy=NO_CACHE,  # idempotency is by batch key; hashing rows and LMs would only cost
-)
-def run_module_batch(
-    step: Any,
-    rows: list[dict[str, Any]],
-    *,
-    submit: Submit,
-    lm: Any,
-    batch_key: str,
-    retries: int,
-    timeout_s: float | None = None,
-) -> BatchResult:
-    """Prefect task: run a module over a batch on a pool (retried for transient LM errors).
-
-    Args:
-        step: The module step.
-        rows: The batch's rows.
-        submit: The pool's submit (a local pool's, or the worker's own executor's).
-        lm: The DSPy LM (built from the settings when None).
-        batch_key: The batch's identity across attempts.
-        retries: The retries configured for this task run (to know the final attempt).
-        timeout_s: The batch's timeout (enforced per row inside the batch).
-    """
-    from prefect.runtime import task_run
-
-    from tasks.lm import build_lm
-
-    attempt = int(task_run.run_count or 1)
-    return execute_module_batch(
-        step,
-        rows,
-        lm=lm if lm is not None else build_lm(),
-        submit=submit,
-        batch_key=batch_key,
-        final_attempt=attempt > retries,
-        attempt=attempt,
-        timeout_s=timeout_s,
-    )

@@ -10,16 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from dspex.exceptions import InputValidationError
 
-from dspex.exceptions import InputValidationError, retry_condition
-
-__all__ = ["load_corpus", "retrieve_batch", "retriever_for", "run_retrieve_batch"]
+__all__ = ["load_corpus", "retrieve_batch", "retriever_for"]
 
 _retrievers: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -77,19 +72,3 @@ def retrieve_batch(step: Any, queries: list[Any]) -> tuple[list[list[str]], floa
     found = retriever.search(queries, k=step.k)
     elapsed = (time.perf_counter() - start) * 1000
     return [[p.text for p in passages] for passages in found], elapsed / max(len(queries), 1)
-
-
-@task(name="run-retrieve-batch", retry_condition_fn=retry_condition, cache_policy=NO_CACHE)
-def run_retrieve_batch(
-    step: Any, queries: list[Any], *, submit: Callable[..., Future[Any]], timeout_s: float | None = None
-) -> tuple[list[list[str]], float]:
-    """Prefect task: retrieve for a batch of queries on the pool (one encode call per batch).
-
-    Args:
-        step: The retrieve step.
-        queries: One query per row.
-        submit: The pool's submit.
-        timeout_s: Longest the batch may take (a ``TimeoutError`` then; Prefect cannot interrupt a
-            task running in a thread, so the wait is bounded here).
-    """
-    return submit(retrieve_batch, step, queries).result(timeout=timeout_s)

@@ -128,12 +128,17 @@ def test_permanent_errors_keep_completed_rows(monkeypatch):
     lm = FlakyLM(keyed_lm(6).answers, "<<q2>>", dspy.LMAuthError("bad key"), times=99)
     with pytest.raises(StepExecutionError) as info:
         run_pipeline(PipelineSpec.model_validate(QA), data=rows(6), lm=lm)
-    assert info.value.completed == 5
     from tasks.payloads import PayloadRef, read_rows
 
+    # continue_on_error is false: the failed row stops the run; rows not tried yet are kept, marked
+    # not attempted (retryable), and every completed row is kept.
     kept = read_rows(PayloadRef.model_validate(info.value.partial_ref))
-    assert [r.get("answer") for r in kept] == ["a0", "a1", None, "a3", "a4", "a5"]
-    assert kept[2]["_error"]["type"] == "LMAuthError"
+    assert kept[2]["_error"]["type"] == "LMAuthError" and kept[2]["_error"]["retryable"] is False
+    done = [r for r in kept if "_error" not in r]
+    skipped = [r for r in kept if r.get("_error", {}).get("not_attempted")]
+    assert info.value.completed == len(done) and len(done) + len(skipped) == 5
+    assert all(r["answer"] == f"a{r['_row']}" for r in done)
+    assert all(r["_error"]["retryable"] and "answer" not in r for r in skipped)
 
 
 def test_continue_on_error_reports_failed_rows(monkeypatch):
