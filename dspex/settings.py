@@ -159,6 +159,25 @@ class Settings(BaseSettings):
         description="How long an open circuit refuses work before admitting one probe batch.",
     )
 
+    # --- run control: resume, interrupts, budgets (issue 12) ---------------------------------
+    resume: bool = Field(
+        default=True,
+        description="Reuse the rows earlier runs completed (same step definition, LM and row inputs; "
+        "kept under <payload_url>/results) instead of paying for them again; false: compute everything.",
+    )
+    interrupt_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="After SIGINT/SIGTERM, how long rows already running may take to finish before the run "
+        "writes its partial output and ends (nothing new is dispatched once the signal arrives).",
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Default cost budget of a run in USD: dispatching stops before the projected cost "
+        "would exceed it (completed rows are kept); None: no budget.",
+    )
+
     trusted_import_roots: list[str] = Field(
         default_factory=list,
         description="Top-level packages whose 'pkg.mod:attr' import paths specs may name for tools, "
