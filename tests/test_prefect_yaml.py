@@ -44,3 +44,15 @@ def test_serve_builds_runner_deployments_for_the_user_facing_flows_that_exist():
     assert [d.name for d in built] == [e["name"] for e in present]
     batch = next(d for d in built if d.name == "batch-predict")
     assert batch.schedules and batch.schedules[0].active is False
+
+
+@pytest.mark.parametrize("entry", user_facing_entries(PROJECT), ids=lambda d: d["name"])
+def test_every_user_facing_deployment_runs_with_its_defaults(entry):
+    # What a Quick run or a schedule does: the deployment's parameters over the flow's defaults must
+    # validate (no required parameter left empty), with mode auto and no raw LM object.
+    path, _, attr = entry["entrypoint"].partition(":")
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
+    validated = flow.validate_parameters(dict(entry.get("parameters") or {}))
+    if "mode" in flow.parameters.properties:
+        assert validated["mode"] == "auto"
+    assert validated.get("lm") is None
