@@ -30,7 +30,12 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
     ├── PoolUnavailableError (RuntimeError) .......... a pool that cannot take work (fallback policy)
     ├── DispatchError (RuntimeError) ................. a batch that could not reach a pool and back
-    └── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
+    ├── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
+    └── SessionError ................................. a stateful session (flows.sessions)
+        ├── SessionNotFoundError (LookupError) ....... no session with that id
+        ├── SessionExpiredError (LookupError) ........ its TTL passed, or it was closed
+        ├── SessionBusyError (RuntimeError) .......... another turn held it past the wait limit
+        └── SessionStoreError (RuntimeError) ......... the session database failed or is corrupt
 
 `is_retryable` says whether an error is worth retrying (transient LM errors as DSPy classifies them,
 and our own errors flagged retryable); `retry_condition` plugs it into Prefect's
@@ -62,6 +67,11 @@ __all__ = [
     "RetrievalError",
     "RetrieverServerError",
     "SandboxUnavailableError",
+    "SessionBusyError",
+    "SessionError",
+    "SessionExpiredError",
+    "SessionNotFoundError",
+    "SessionStoreError",
     "SignatureError",
     "StepExecutionError",
     "TemplateError",
@@ -347,6 +357,44 @@ class StepExecutionError(DSPexError, RuntimeError):
         self.partial_ref = partial_ref
         super().__init__(f"step {step!r}: {message}")
 
+
+class SessionError(DSPexError):
+    """A stateful session that cannot take a turn (`flows.sessions`).
+
+    Attributes:
+        session_id: The session's id.
+    """
+
+    code = "session_error"
+
+    def __init__(self, message: str, *, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session {session_id!r}: {message}")
+
+
+class SessionNotFoundError(SessionError, LookupError):
+    """No session with that id in the store (never opened, or removed by cleanup)."""
+
+    code = "session_not_found"
+
+
+class SessionExpiredError(SessionError, LookupError):
+    """A session whose TTL has passed or that was closed; its history is no longer extended."""
+
+    code = "session_expired"
+
+
+class SessionBusyError(SessionError, RuntimeError):
+    """Another turn held the session longer than this turn was willing to wait."""
+
+    code = "session_busy"
+    retryable = True
+
+
+class SessionStoreError(SessionError, RuntimeError):
+    """The session database failed, or a stored session does not decode."""
+
+    code = "session_store_error"
 
 def is_retryable(error: BaseException) -> bool:
     """Whether retrying the operation that raised ``error`` may succeed.
