@@ -1,0 +1,140 @@
+"""dspex.* Prefect events: a pipeline run leaves them on the test server, related to its flow run."""
+
+import time
+
+import pytest
+from dspy.utils.dummies import DummyLM
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.events.worker import EventsWorker
+
+from flows import PipelineSpec, events, run_pipeline
+from flows.pools import shutdown_local_pools
+
+SPEC = {
+    "name": "events-qa",
+    "steps": [
+        {"name": "answer", "module": "dspy.Predict", "signature": "question -> answer"},
+        {"name": "shout", "native": "template", "template": "{{ answer }}!", "output": "loud"},
+    ],
+}
+
+
+def _read_events(flow_run_id: str, names: list[str], expected: int, timeout: float = 30.0) -> list:
+    """Events named ``names`` related to the flow run, polled until ``expected`` arrived."""
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + timeout
+    found: list = []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=names),
+                    related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+                ),
+                limit=50,
+            )
+            found = page.events
+            if len(found) >= expected:
+                return found
+            time.sleep(0.5)
+    return found
+
+
+@pytest.mark.integration
+def test_pipeline_run_leaves_routed_and_summary_events_related_to_its_flow_run():
+    lm = DummyLM({f"<<q{i}>>": {"answer": f"a{i}"} for i in range(6)})
+    state = run_pipeline(
+        PipelineSpec.model_validate(SPEC),
+        data=[{"question": f"<<q{i}>>"} for i in range(6)],
+        lm=lm,
+        return_state=True,
+    )
+    shutdown_local_pools()
+    result = state.result()
+    assert result.summary.rows_out == 6
+    flow_run_id = str(state.state_details.flow_run_id)
+
+    found = _read_events(flow_run_id, ["dspex.step.routed", "dspex.run.summary"], expected=2)
+    by_name = {e.event: e for e in found}
+    assert set(by_name) == {"dspex.step.routed", "dspex.run.summary"}, [e.event for e in found]
+
+    routed = by_name["dspex.step.routed"]
+    assert routed.resource.id == "dspex.step.answer"
+    assert routed.payload["pool"] == "general" and routed.payload["rows"] == 6
+    assert routed.payload["batches"] >= 1 and routed.payload["module"] == "dspy.Predict"
+    related = {r.id: r.role for r in routed.related}
+    assert related[f"prefect.flow-run.{flow_run_id}"] == "flow-run"
+    assert related["dspex.pool.general"] == "pool"
+    assert related["dspex.pipeline.events-qa"] == "pipeline"
+    assert related["dspex.lm.dummy"] == "lm"  # DummyLM's model name
+
+    summary = by_name["dspex.run.summary"]
+    assert summary.resource.id == "dspex.pipeline.events-qa"
+    assert summary.payload["rows_in"] == 6 and summary.payload["failed"] == 0
+    assert summary.payload["rows_per_s"] > 0 and summary.payload["peak_rss_mb"] > 0
+    # Per step, never per row: one routed event for the one routed step.
+    assert sum(e.event == "dspex.step.routed" for e in found) == 1
+
+
+@pytest.mark.integration
+def test_run_metrics_are_in_the_summary():
+    lm = DummyLM({f"<<q{i}>>": {"answer": f"a{i}"} for i in range(8)})
+    result = run_pipeline(
+        PipelineSpec.model_validate(SPEC), data=[{"question": f"<<q{i}>>"} for i in range(8)], lm=lm
+    )
+    shutdown_local_pools()
+    metrics = result.summary.metrics
+    assert metrics is not None
+    assert metrics.rows_per_s > 0 and metrics.error_rate == 0 and metrics.peak_rss_mb > 10
+    answer = next(s for s in metrics.steps if s.step == "answer")
+    assert answer.rows == 8 and answer.error_rate == 0
+    assert answer.p50_row_ms is not None and answer.p95_row_ms is not None
+    assert 0 < answer.p50_row_ms <= answer.p95_row_ms
+
+
+def test_events_are_a_no_op_without_an_api():
+    # No flow run and no PREFECT_API_URL: nothing is built, and no server is started to take it.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert events.events_active() is False
+        assert events.breaker_opened("general", failures=5, reset_seconds=30) is None
+
+
+def test_events_off_by_setting_build_nothing(monkeypatch):
+    monkeypatch.setenv("DSPEX_EVENTS_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with events.run_scope("p", "m"):
+        assert events.events_active() is False
+        assert events.run_summary(object()) is None
+
+
+def test_event_names_must_be_under_dspex():
+    with pytest.raises(ValueError, match="dspex."):
+        events.emit("prefect.flow-run.Completed", {"prefect.resource.id": "x"})
+
+
+def test_estimate_drift_only_above_the_factor(monkeypatch):
+    sent = []
+    monkeypatch.setattr(events, "events_active", lambda: True)
+    monkeypatch.setattr(
+        events, "emit", lambda name, resource, **kw: sent.append((name, resource, kw)) or name
+    )
+    with events.run_scope("p", "m"):
+        assert (
+            events.estimate_drift("s", module="dspy.Predict", pool="general", estimated_ms=100, actual_ms=199)
+            is None
+        )
+        assert events.estimate_drift(
+            "s", module="dspy.Predict", pool="general", estimated_ms=100, actual_ms=250
+        )
+        assert (
+            events.estimate_drift(
+                "s", module="dspy.Predict", pool="general", estimated_ms=None, actual_ms=250
+            )
+            is None
+        )
+    ((name, resource, kw),) = sent
+    assert name == "dspex.estimate.drift" and resource["prefect.resource.id"] == "dspex.step.s"
+    assert kw["payload"]["ratio"] == 2.5 and kw["pool"] == "general"
