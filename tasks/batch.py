@@ -177,8 +177,11 @@ def _run_row(
     guard: RowGuard | None,
     policy: RetryPolicy,
     abandoned: threading.Event,
-) -> tuple[dict[str, Any], float, int]:
-    """One row with its retries: (outputs, latency of the successful attempt, attempts)."""
+    tries: list[int],
+    index: int,
+) -> tuple[dict[str, Any], float]:
+    """One row with its retries: (outputs, latency of the successful attempt); ``tries[index]``
+    counts its attempts."""
     last: BaseException | None = None
     attempt = 0
     while True:
@@ -186,6 +189,7 @@ def _run_row(
         if reason is not None:
             raise _Refused(reason, last)
         attempt += 1
+        tries[index] = attempt
         start = time.perf_counter()
         try:
             outputs = call(guard.callbacks() if guard else [])
@@ -206,7 +210,7 @@ def _run_row(
             continue
         if guard is not None:
             guard.record(None)
-        return outputs, (time.perf_counter() - start) * 1000, attempt
+        return outputs, (time.perf_counter() - start) * 1000
 
 
 def execute_module_batch(
@@ -265,13 +269,13 @@ def execute_module_batch(
         def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
             return _call(module, lm, kwargs, step.outputs, output_names, callbacks)
 
-        futures[i] = submit(_run_row, call, guard, policy, abandoned)
+        futures[i] = submit(_run_row, call, guard, policy, abandoned, tries, i)
 
     deadline = None if timeout_s is None else start + timeout_s
     for i, future in futures.items():
         try:
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
-            outputs[i], latencies[i], tries[i] = future.result(timeout=remaining)
+            outputs[i], latencies[i] = future.result(timeout=remaining)
         except FuturesTimeout:
             # Threads cannot be interrupted: the row's in-flight call runs out on its own (bounded
             # by the LM timeout), but `abandoned` stops it from being tried again.
