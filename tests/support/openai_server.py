@@ -6,7 +6,10 @@ adapters: by default with the offline extractive LM's reply to the same messages
 (`tasks.lm.respond`), or with a scripted responder.
 
 Faults are scripted per request: each chat request takes the next `Fault` from the queue (none left:
-a normal answer). Every request is recorded (method, path, headers, JSON body) so a test can check
+a normal answer). A provider's behaviour can also be switched on as a whole: ``latency_s`` (every
+answer waits), ``rate_limit_per_s`` (a token bucket holding one second's worth; a request beyond it
+gets 429 with ``Retry-After``), and ``outage_status`` (every chat request gets that status until it is
+set back to None). Every request is recorded (method, path, headers, JSON body) so a test can check
 that the ``Authorization`` header arrived; the server itself logs nothing.
 
     with openai_server() as server:
@@ -130,6 +133,10 @@ class FakeOpenAIServer:
 
     model: str = "test-model"
     responder: Responder | None = None
+    latency_s: float = 0.0
+    rate_limit_per_s: float | None = None
+    outage_status: int | None = None
+    throttled: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -137,6 +144,8 @@ class FakeOpenAIServer:
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _counter: int = 0
+    _bucket: float | None = None
+    _bucket_at: float = 0.0
     _served: dict[str, int] = field(
         default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
     )
@@ -171,6 +180,23 @@ class FakeOpenAIServer:
         """Faults still queued."""
         with self._lock:
             return len(self._faults)
+
+    def _admit(self) -> float | None:
+        """None when a request is within the rate limit, else the seconds until it would be."""
+        rate = self.rate_limit_per_s
+        if not rate:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            level = rate if self._bucket is None else self._bucket
+            level = min(rate, level + (now - self._bucket_at) * rate)
+            self._bucket_at = now
+            if level >= 1.0:
+                self._bucket = level - 1.0
+                return None
+            self._bucket = level
+            self.throttled += 1
+            return (1.0 - level) / rate
 
     def enqueue(self, *faults: Fault) -> None:
         """Queue faults; each chat request takes the next one."""
@@ -288,6 +314,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and self._apply(fault):
             return
+        state = self.server_state
+        if state.outage_status is not None:
+            self._send_error_body(state.outage_status, "provider outage (injected)", "server_error")
+            return
+        wait = state._admit()
+        if wait is not None:
+            extra = {"Retry-After": f"{max(wait, 0.01):.2f}"}
+            self._send_error_body(429, "Rate limit reached (provider limit)", "rate_limit_error", extra)
+            return
+        if state.latency_s:
+            state._stopping.wait(state.latency_s)
         reply = self.server_state._reply(body)
         if body.get("stream"):
             self._send_stream(reply)
