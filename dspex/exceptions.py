@@ -31,6 +31,9 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── PoolUnavailableError (RuntimeError) .......... a pool that cannot take work (fallback policy)
     ├── DispatchError (RuntimeError) ................. a batch that could not reach a pool and back
     ├── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
+    ├── RunStoppedError (RuntimeError) ............... a run that stopped early; carries what was completed
+    │   ├── RunInterruptedError ...................... SIGINT/SIGTERM: the flow run ends Cancelled
+    │   └── BudgetExceededError ...................... the next batch would pass max_cost_usd
     └── SessionError ................................. a stateful session (flows.sessions)
         ├── SessionNotFoundError (LookupError) ....... no session with that id
         ├── SessionExpiredError (LookupError) ........ its TTL passed, or it was closed
@@ -74,6 +77,9 @@ __all__ = [
     "SessionStoreError",
     "SignatureError",
     "StepExecutionError",
+    "RunStoppedError",
+    "RunInterruptedError",
+    "BudgetExceededError",
     "TemplateError",
     "TemplateSecurityError",
     "UnknownModuleError",
@@ -356,6 +362,65 @@ class StepExecutionError(DSPexError, RuntimeError):
         self.completed = completed
         self.partial_ref = partial_ref
         super().__init__(f"step {step!r}: {message}")
+
+
+class RunStoppedError(DSPexError, RuntimeError):
+    """A run that stopped dispatching before every row ran; what it completed is kept.
+
+    Attributes:
+        completed: Rows that completed every step.
+        not_attempted: Rows that never ran (a re-run with resume computes only those, and failed ones).
+        partial_ref: A JSON-able `PayloadRef` of the output written so far (every row, the unfinished
+            ones with their ``_error``).
+        summary: The run's summary (JSON), when one was written.
+    """
+
+    code = "run_stopped"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        completed: int = 0,
+        not_attempted: int = 0,
+        partial_ref: dict[str, Any] | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        self.completed = completed
+        self.not_attempted = not_attempted
+        self.partial_ref = partial_ref
+        self.summary = summary
+        super().__init__(message)
+
+
+class RunInterruptedError(RunStoppedError):
+    """A run stopped by SIGINT or SIGTERM (its flow run ends Cancelled).
+
+    Attributes:
+        signal: The signal's name (``SIGINT``, ``SIGTERM``).
+    """
+
+    code = "run_interrupted"
+
+    def __init__(self, message: str, *, signal: str, **kwargs: Any) -> None:
+        self.signal = signal
+        super().__init__(message, **kwargs)
+
+
+class BudgetExceededError(RunStoppedError):
+    """A run that stopped dispatching because its projected cost would pass ``max_cost_usd``.
+
+    Attributes:
+        max_cost_usd: The budget.
+        spent_usd: What the run had spent when it stopped.
+    """
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, max_cost_usd: float, spent_usd: float, **kwargs: Any) -> None:
+        self.max_cost_usd = max_cost_usd
+        self.spent_usd = spent_usd
+        super().__init__(message, **kwargs)
 
 
 class SessionError(DSPexError):

@@ -17,14 +17,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dspex.redact import redact
 from dspex.settings import Settings
 from flows import events, metrics
+from flows.estimate import learn_usage, lm_model
 from flows.executors import BatchExecutor, BatchRequest, LocalExecutor
 from flows.router import RouteDecision, route_step
 from flows.spec import (
@@ -37,8 +39,14 @@ from flows.spec import (
     SelectStep,
 )
 from tasks import tracing
-from tasks.batch import BatchResult, RowError
+from tasks.batch import BatchResult, RowError, not_attempted_result
 from tasks.rows import get_field, set_field
+from tasks.usage import Usage
+
+if TYPE_CHECKING:
+    from flows.budget import CostBudget
+    from flows.interrupts import RunStop
+    from flows.resume import ResumeStore
 
 __all__ = ["ERROR_FIELD", "EngineContext", "StepRecord", "batch_key", "check_pools", "run_steps"]
 
@@ -74,6 +82,7 @@ class StepRecord(BaseModel):
     estimate_source: Literal["static", "learned", "none"] = "none"
     reason: str = "native steps run inline in the flow"
     reused_rows: int = 0
+    usage: Usage = Field(default_factory=Usage, description="LM tokens and cost this step paid for.")
 
 
 @dataclass
@@ -91,6 +100,10 @@ class EngineContext:
         records: Step records, in execution order.
         stop: Set to stop the run (a failed row under ``continue_on_error=false``, an interrupt):
             batches and rows not started yet are reported *not attempted*.
+        halt: The run's `flows.interrupts.RunStop` (signals, budget): `stopping` reads it too, and
+            waits for running batches are bounded by its grace period once it is set.
+        resume: Completed rows of earlier runs to reuse, and the store of this run's results.
+        budget: The run's cost budget (checked before each batch starts).
     """
 
     settings: Settings
@@ -103,12 +116,19 @@ class EngineContext:
     stop: bool = False
     batches_total: int = 0
     batches_done: int = 0
+    halt: RunStop | None = None
+    resume: ResumeStore | None = None
+    budget: CostBudget | None = None
+
+    def stopping(self) -> bool:
+        """Whether the run is stopping (``stop``, or its `RunStop`)."""
+        return self.stop or (self.halt is not None and self.halt())
 
     def get_executor(self) -> BatchExecutor:
         """The executor, a `LocalExecutor` bound to this context when none was given."""
         if self.executor is None:
             self.executor = LocalExecutor(
-                self.settings, self.lm, stop=lambda: self.stop, on_row_failed=self._row_failed
+                self.settings, self.lm, stop=self.stopping, store=self.resume, on_row_failed=self._row_failed
             )
         return self.executor
 
@@ -124,7 +144,7 @@ class EngineContext:
 def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) -> list[dict[str, Any]]:
     """Run ``steps`` in order over ``rows`` (modified in place and returned)."""
     for step in steps:
-        if ctx.stop:
+        if ctx.stopping():
             break
         active = [i for i, row in enumerate(rows) if ERROR_FIELD not in row]
         if not active:
@@ -220,12 +240,25 @@ def _module_step(
         decision.batches,
         decision.batch_size,
     )
+    reused = 0
+    if ctx.resume is not None:  # rows earlier runs completed are taken, not dispatched (flows.resume)
+        done, active = ctx.resume.split(step, rows, active)
+        for i, reused_output in done.items():
+            for key, value in reused_output.items():
+                set_field(rows[i], key, value)
+        reused = len(done)
+        if done:
+            _log(
+                "step %s: reusing %d row(s) completed by an earlier run; %d to run",
+                step.name,
+                reused,
+                len(active),
+            )
     chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
     ctx.batches_total += len(chunks)
     start = time.perf_counter()
     results = _dispatch_batches(step, rows, chunks, decision, ctx)
     actual_ms = (time.perf_counter() - start) * 1000
-    reused = 0
     for chunk, result in zip(chunks, results, strict=True):
         if isinstance(result, BaseException):
             for i in chunk:
@@ -239,6 +272,7 @@ def _module_step(
                 for key, value in output.items():
                     set_field(rows[i], key, value)
     _learn(decision, results)
+    learn_usage(decision.module, lm_model(ctx.lm, ctx.settings), results)
     metrics.observe_batches(step.name, results)
     ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused, results))
 
@@ -280,11 +314,16 @@ def _dispatch_batches(
         )
     workers = max(min(len(requests), _MAX_BATCHES_IN_FLIGHT), 1)
     results: list[BatchResult | BaseException] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-dispatch") as pool:
-        futures = [pool.submit(parent.copy().run, executor.run, request) for request in requests]
-        for future in futures:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-dispatch")
+    abandoned = False
+    try:
+        futures = [pool.submit(parent.copy().run, _run_one, ctx, executor, request) for request in requests]
+        for future, request in zip(futures, requests, strict=True):
             try:
-                result = future.result()
+                result = ctx.halt.result_of(future) if ctx.halt is not None else future.result()
+            except FuturesTimeout:  # stopped, and the grace period ran out: stop waiting for it
+                abandoned = True
+                results.append(_cut_off(request, ctx))
             except Exception as exc:  # a batch's failure is data: its rows get this error
                 logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
                 results.append(exc)
@@ -294,7 +333,41 @@ def _dispatch_batches(
                 if not ctx.continue_on_error and result.failed > result.not_attempted:
                     ctx.stop = True  # a row failed for good: no other batch starts
             _progress(ctx)
+    finally:
+        # Batches still running after the grace period are left to finish on their own (their
+        # results still reach the resume store); the run does not wait for them.
+        pool.shutdown(wait=not abandoned, cancel_futures=abandoned)
     return results
+
+
+def _run_one(ctx: EngineContext, executor: BatchExecutor, request: BatchRequest) -> BatchResult:
+    """One batch through the executor, within the run's cost budget."""
+    budget = ctx.budget
+    if budget is None:
+        return executor.run(request)
+    if not budget.admit(len(request.rows), ctx.stopping):
+        if budget.exhausted and ctx.halt is not None:
+            ctx.halt.request(budget.reason or "cost budget reached")
+        return not_attempted_result(len(request.rows), budget.reason or "the run stopped", request.pool)
+    result: BatchResult | None = None
+    try:
+        result = executor.run(request)
+        return result
+    finally:
+        budget.settle(len(request.rows) - (result.reused if result else 0), result.usage if result else None)
+
+
+def _cut_off(request: BatchRequest, ctx: EngineContext) -> BatchResult:
+    """The result of a batch still running when the grace period after a stop ran out."""
+    grace = ctx.halt.grace_s if ctx.halt is not None else 0.0
+    reason = (ctx.halt.reason if ctx.halt is not None else None) or "the run stopped"
+    error = RowError(
+        type="Interrupted",
+        message=f"{reason}: the batch did not finish within the {grace:.0f} s grace period",
+        retryable=True,
+    )
+    n = len(request.rows)
+    return BatchResult(outputs=[None] * n, errors=[error] * n, latencies_ms=[0.0] * n, wall_ms=0.0)
 
 
 def _progress(ctx: EngineContext) -> None:
@@ -365,6 +438,7 @@ def _record(
         estimate_source=decision.estimate_source,
         reason=decision.reason,
         reused_rows=reused,
+        usage=Usage.total(r.usage for r in results if isinstance(r, BatchResult)),
     )
 
 
@@ -438,6 +512,9 @@ def _sub_context(ctx: EngineContext) -> EngineContext:
         executor=ctx.get_executor(),  # bound to the root context: its stop holds in branches too
         on_progress=None,
         records=ctx.records,
+        halt=ctx.halt,
+        resume=ctx.resume,
+        budget=ctx.budget,
     )
 
 

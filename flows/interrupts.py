@@ -26,15 +26,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["RunStop", "exit_now", "handle_signals", "stop_embedded_server"]
 
 logger = logging.getLogger("dspex.interrupts")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_POLL_S = 0.25
+T = TypeVar("T")
 
 
 class RunStop:
@@ -90,6 +94,21 @@ class RunStop:
             return None
         return max(self._at + self.grace_s - time.monotonic(), 0.0)
 
+    def result_of(self, future: Future[T]) -> T:
+        """Wait for ``future`` without limit while the run goes on, and at most the rest of the grace
+        period once it stops (checked every quarter second, so a signal is noticed while waiting).
+
+        Raises:
+            concurrent.futures.TimeoutError: The run stopped and the grace period ran out first.
+        """
+        while True:
+            left = self.wait_timeout()
+            try:
+                return future.result(timeout=_POLL_S if left is None else min(_POLL_S, left))
+            except FuturesTimeout:
+                if left is not None and self.wait_timeout() == 0.0:
+                    raise
+
 
 @contextmanager
 def handle_signals(stop: RunStop) -> Iterator[RunStop]:
@@ -121,8 +140,8 @@ def handle_signals(stop: RunStop) -> Iterator[RunStop]:
             previous[sig] = signal.signal(sig, on_signal)
         yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def stop_embedded_server() -> None:

@@ -25,15 +25,17 @@ from registry.default import (
     list_modules,
     load,
     record_duration,
+    record_tokens,
     register_module,
     register_user_module,
     reset_default_registry,
     routing_recommendation,
     save,
+    token_estimate,
     usage_stats,
 )
 from registry.discovery import discover_modules
-from registry.learning import DurationEstimate, UsageStats
+from registry.learning import DurationEstimate, TokenEstimate, UsageStats
 from registry.models import Category, ModuleInfo, ModuleMetadata, PoolType, Requirements
 from registry.routing import RoutingContext, RoutingRecommendation
 from registry.sizing import SIZE_FACTORS, InputSize, SizeBucket, size_bucket
@@ -53,6 +55,7 @@ __all__ = [
     "RoutingContext",
     "RoutingRecommendation",
     "SizeBucket",
+    "TokenEstimate",
     "UsageStats",
     "core_modules",
     "default_registry",
@@ -67,11 +70,13 @@ __all__ = [
     "list_modules",
     "load",
     "record_duration",
+    "record_tokens",
     "register_module",
     "register_user_module",
     "reset_default_registry",
     "routing_recommendation",
     "save",
     "size_bucket",
+    "token_estimate",
     "usage_stats",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from registry.learning import DurationEstimate, UsageStats
+from registry.learning import DurationEstimate, TokenEstimate, UsageStats
 from registry.models import Category, ModuleInfo, PoolType
 from registry.routing import RoutingContext, RoutingRecommendation
 from registry.sizing import InputSize
@@ -31,11 +31,13 @@ __all__ = [
     "list_modules",
     "load",
     "record_duration",
+    "record_tokens",
     "register_module",
     "register_user_module",
     "reset_default_registry",
     "routing_recommendation",
     "save",
+    "token_estimate",
     "usage_stats",
 ]
 
@@ -138,6 +140,20 @@ def record_duration(
 ) -> None:
     """Record an actual duration; see `ModuleRegistry.record_duration`."""
     default_registry().record_duration(name, duration_ms, pool=pool, input_size=input_size, success=success)
+
+
+def record_tokens(
+    name: str, model: str, *, prompt_tokens: float, completion_tokens: float, cost_usd: float | None
+) -> None:
+    """Record one row's LM usage; see `ModuleRegistry.record_tokens`."""
+    default_registry().record_tokens(
+        name, model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd
+    )
+
+
+def token_estimate(name: str, model: str) -> TokenEstimate | None:
+    """Expected tokens and cost of one row; see `ModuleRegistry.token_estimate`."""
+    return default_registry().token_estimate(name, model)
 
 
 def usage_stats(name: str) -> UsageStats:

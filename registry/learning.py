@@ -17,6 +17,11 @@ How an estimate is chosen (`estimate_for`), for a module, an input-size bucket a
 
 Failed runs count in the usage statistics but never in estimates: a call that failed fast says nothing
 about how long a successful one takes.
+
+Tokens and cost are learned the same way, per (module, LM model): each finished batch adds one sample,
+its prompt tokens, completion tokens and cost *per row*, and `TokenSeries.estimate` is the median of
+the recent samples (from the first sample on: any figure beats none for a budget). A cost the cost map
+does not know stays unknown (None) rather than zero.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ __all__ = [
     "DurationEstimate",
     "ObservationKey",
     "Series",
+    "TokenEstimate",
+    "TokenKey",
+    "TokenSample",
+    "TokenSeries",
     "Usage",
     "UsageStats",
     "estimate_for",
@@ -44,6 +53,10 @@ __all__ = [
 
 #: (pool, bucket): where, inside one module's observations, a series of samples belongs.
 ObservationKey = tuple[PoolType, SizeBucket]
+#: (module, LM model): whose token and cost samples a `TokenSeries` holds.
+TokenKey = tuple[str, str]
+#: One row's (prompt tokens, completion tokens, cost in USD or None when unknown).
+TokenSample = tuple[float, float, float | None]
 
 
 def percentile(sorted_values: tuple[float, ...] | list[float], q: float) -> float:
@@ -247,3 +260,50 @@ def estimate_for(
                 return estimate
             seen = max(seen, count)
     return _make(round(info.estimated_duration_ms * SIZE_FACTORS[bucket]), "static", seen)
+
+
+class TokenEstimate(BaseModel):
+    """Expected LM usage of one row of a module on one LM model.
+
+    Attributes:
+        prompt_tokens: Median prompt tokens per row.
+        completion_tokens: Median completion tokens per row.
+        cost_usd: Median cost per row in USD; None when the model's price is unknown.
+        samples: How many batches the figures rest on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt_tokens: float = Field(ge=0)
+    completion_tokens: float = Field(ge=0)
+    cost_usd: float | None = Field(default=None, ge=0)
+    samples: int = Field(ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSeries:
+    """The most recent per-row token and cost samples of one (module, model), oldest first."""
+
+    samples: tuple[TokenSample, ...]
+
+    def add(self, sample: TokenSample, window: int) -> TokenSeries:
+        """A new series with one more sample, the oldest dropped beyond ``window``.
+
+        Args:
+            sample: Per-row prompt tokens, completion tokens and cost (None: unknown).
+            window: How many samples to keep.
+        """
+        return TokenSeries((*self.samples, sample)[-window:])
+
+    def estimate(self) -> TokenEstimate | None:
+        """The medians of the samples (None with no sample)."""
+        if not self.samples:
+            return None
+        costs = sorted(c for _, _, c in self.samples if c is not None)
+        return TokenEstimate(
+            prompt_tokens=round(percentile(sorted(p for p, _, _ in self.samples), 50), 3),
+            completion_tokens=round(percentile(sorted(c for _, c, _ in self.samples), 50), 3),
+            # Unknown unless most samples were priced: a half-priced median would understate.
+            cost_usd=percentile(costs, 50) if len(costs) * 2 > len(self.samples) else None,
+            samples=len(self.samples),
+        )

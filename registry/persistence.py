@@ -30,6 +30,7 @@ __all__ = [
     "FILE_VERSION",
     "ObservationRecord",
     "RegistryFile",
+    "TokenRecord",
     "UsageRecord",
     "read_registry_file",
     "write_registry_file",
@@ -70,6 +71,24 @@ class UsageRecord(BaseModel):
         return self
 
 
+class TokenRecord(BaseModel):
+    """The recent per-row token and cost samples of one module on one LM model."""
+
+    model_config = _RECORD
+
+    module: str
+    model: str
+    prompt_tokens: list[_Duration]
+    completion_tokens: list[_Duration]
+    cost_usd: list[_Duration | None]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> TokenRecord:
+        if not len(self.prompt_tokens) == len(self.completion_tokens) == len(self.cost_usd):
+            raise ValueError("prompt_tokens, completion_tokens and cost_usd must have the same length")
+        return self
+
+
 class RegistryFile(BaseModel):
     """The whole registry file.
 
@@ -80,6 +99,7 @@ class RegistryFile(BaseModel):
         modules: Modules registered at run time (user modules, updated catalogue entries).
         observations: Observed durations.
         usage: Usage counters.
+        tokens: Learned tokens and cost per row, by module and LM model.
     """
 
     model_config = _RECORD
@@ -90,6 +110,7 @@ class RegistryFile(BaseModel):
     modules: list[ModuleInfo] = Field(default_factory=list)
     observations: list[ObservationRecord] = Field(default_factory=list)
     usage: list[UsageRecord] = Field(default_factory=list)
+    tokens: list[TokenRecord] = Field(default_factory=list)
 
 
 def write_registry_file(path: Path, data: RegistryFile) -> None:

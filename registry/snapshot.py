@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from registry.learning import ObservationKey, Series, Usage
+from registry.learning import ObservationKey, Series, TokenKey, TokenSeries, Usage
 from registry.models import Category, ModuleInfo, expand_capabilities
 
 __all__ = ["EMPTY", "Snapshot", "build_indexes", "with_modules"]
@@ -29,6 +29,7 @@ class Snapshot:
     registered: frozenset[str] = frozenset()
     observations: Mapping[str, Mapping[ObservationKey, Series]] = field(default_factory=lambda: EMPTY)
     usage: Mapping[str, Usage] = field(default_factory=lambda: EMPTY)
+    tokens: Mapping[TokenKey, TokenSeries] = field(default_factory=lambda: EMPTY)
     # Answers computed from this snapshot, keyed by query. Readers add to it without a lock (a dict
     # store is atomic in CPython, and two racing readers store the same value); a new snapshot starts
     # with an empty one (init=False: `replace` does not carry it over), so no stale answer survives.

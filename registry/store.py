@@ -30,7 +30,17 @@ from dspex.imports import refused_root
 from dspex.settings import get_settings
 from registry.catalogue import core_modules, pattern_modules
 from registry.discovery import discover_modules
-from registry.learning import DurationEstimate, ObservationKey, Series, Usage, UsageStats, estimate_for
+from registry.learning import (
+    DurationEstimate,
+    ObservationKey,
+    Series,
+    TokenEstimate,
+    TokenKey,
+    TokenSeries,
+    Usage,
+    UsageStats,
+    estimate_for,
+)
 from registry.models import (
     Category,
     ModuleInfo,
@@ -42,6 +52,7 @@ from registry.models import (
 from registry.persistence import (
     ObservationRecord,
     RegistryFile,
+    TokenRecord,
     UsageRecord,
     read_registry_file,
     write_registry_file,
@@ -374,6 +385,54 @@ class ModuleRegistry:
                 observations = MappingProxyType({**observations, name: MappingProxyType(series)})
             self._snapshot = replace(current, usage=MappingProxyType(usage), observations=observations)
 
+    def record_tokens(
+        self,
+        name: str,
+        model: str,
+        *,
+        prompt_tokens: float,
+        completion_tokens: float,
+        cost_usd: float | None,
+    ) -> None:
+        """Record the LM usage of one row of ``name`` on ``model`` (a batch's per-row average).
+
+        Args:
+            name: The module that ran.
+            model: The LM model it called.
+            prompt_tokens: Prompt tokens per row.
+            completion_tokens: Completion tokens per row.
+            cost_usd: Cost per row in USD; None when the model's price is unknown.
+
+        Raises:
+            UnknownModuleError: No such module.
+            RegistryQueryError: A negative or non-finite figure.
+        """
+        values = [prompt_tokens, completion_tokens, *([] if cost_usd is None else [cost_usd])]
+        if any(
+            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0
+            for v in values
+        ):
+            raise RegistryQueryError(f"token and cost figures must be finite and >= 0, got {values!r}")
+        sample = (
+            float(prompt_tokens),
+            float(completion_tokens),
+            None if cost_usd is None else float(cost_usd),
+        )
+        with self._write_lock:
+            current = self._snapshot
+            if not isinstance(name, str) or name not in current.modules:
+                raise self._unknown(name)
+            key: TokenKey = (name, str(model))
+            old = current.tokens.get(key)
+            tokens = dict(current.tokens)
+            tokens[key] = old.add(sample, self.window) if old else TokenSeries((sample,))
+            self._snapshot = replace(current, tokens=MappingProxyType(tokens))
+
+    def token_estimate(self, name: str, model: str) -> TokenEstimate | None:
+        """Expected tokens and cost of one row of ``name`` on ``model``; None before any was recorded."""
+        series = self._snapshot.tokens.get((name, str(model)))
+        return series.estimate() if series is not None else None
+
     # --- persistence ----------------------------------------------------------------------------
     def to_file(self) -> RegistryFile:
         """The registry's persistent state: registered modules, observations, usage."""
@@ -388,6 +447,16 @@ class ModuleRegistry:
             usage=[
                 UsageRecord(module=name, calls=u.calls, failures=u.failures, durations_ms=list(u.durations))
                 for name, u in snapshot.usage.items()
+            ],
+            tokens=[
+                TokenRecord(
+                    module=name,
+                    model=model,
+                    prompt_tokens=[p for p, _, _ in series.samples],
+                    completion_tokens=[c for _, c, _ in series.samples],
+                    cost_usd=[cost for _, _, cost in series.samples],
+                )
+                for (name, model), series in snapshot.tokens.items()
             ],
         )
 
@@ -445,6 +514,15 @@ class ModuleRegistry:
                 usage[item.module] = Usage(
                     item.calls, item.failures, tuple(item.durations_ms[-self.window :])
                 )
+            tokens: dict[TokenKey, TokenSeries] = {}
+            for learned in data.tokens:
+                if learned.module not in modules:
+                    dropped.add(learned.module)
+                    continue
+                token_samples = list(
+                    zip(learned.prompt_tokens, learned.completion_tokens, learned.cost_usd, strict=True)
+                )
+                tokens[(learned.module, learned.model)] = TokenSeries(tuple(token_samples[-self.window :]))
             if dropped:
                 logger.warning(
                     "registry file %s: dropped state of unknown modules %s", source, sorted(dropped)
@@ -454,4 +532,5 @@ class ModuleRegistry:
                 snapshot,
                 observations=MappingProxyType({k: MappingProxyType(v) for k, v in observations.items()}),
                 usage=MappingProxyType(usage),
+                tokens=MappingProxyType(tokens),
             )

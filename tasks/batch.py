@@ -33,6 +33,7 @@ from dspex.redact import redact
 from tasks.modules import build_module
 from tasks.retry import RetryPolicy
 from tasks.rows import MISSING, get_field, to_jsonable
+from tasks.usage import Usage, UsageBox, track
 
 __all__ = [
     "BatchResult",
@@ -75,6 +76,10 @@ class BatchResult(BaseModel):
     reused: int = Field(default=0, description="Rows taken from an earlier result, not recomputed.")
     attempts: int = Field(default=1, description="Most tries any row of the batch took.")
     pool: str = Field(default="", description="The pool that actually ran the batch.")
+    usage: Usage = Field(
+        default_factory=Usage,
+        description="LM tokens and cost the batch's attempts paid for (retries included; reused rows: none).",
+    )
 
     @property
     def failed(self) -> int:
@@ -158,14 +163,21 @@ def _call(
     output_map: dict[str, str],
     names: list[str] | None,
     callbacks: list[Any],
+    usages: list[Usage] | None = None,
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if lm is not None:
         overrides["lm"] = lm
     if callbacks:
         overrides["callbacks"] = [*(dspy.settings.get("callbacks") or []), *callbacks]
-    with dspy.context(**overrides):
-        prediction = module(**kwargs)
+    # Usage is tracked per attempt, failed ones included: they were paid for too.
+    tracked = UsageBox()
+    try:
+        with track(tracked), dspy.context(**overrides):
+            prediction = module(**kwargs)
+    finally:
+        if usages is not None:
+            usages.append(tracked.value)  # list.append is atomic across the pool's threads
     # Every field the module returns: the signature's outputs and what the module adds to them
     # (ChainOfThought's reasoning, ReAct's trajectory), renamed by the step's output mapping.
     keys = list(prediction.keys()) or (names or [])
@@ -257,6 +269,7 @@ def execute_module_batch(
     tries = [0] * n
     abandoned = threading.Event()
     futures: dict[int, Future[Any]] = {}
+    usages: list[Usage] = []
     for i, row in enumerate(rows):
         try:
             kwargs = _row_inputs(step, row, input_names)
@@ -267,7 +280,7 @@ def execute_module_batch(
             continue
 
         def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
-            return _call(module, lm, kwargs, step.outputs, output_names, callbacks)
+            return _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages)
 
         futures[i] = submit(_run_row, call, guard, policy, abandoned, tries, i)
 
@@ -308,6 +321,8 @@ def execute_module_batch(
         wall_ms=(time.perf_counter() - start) * 1000,
         attempts=max(tries, default=0) or 1,
         pool=pool,
+        # Rows abandoned at a timeout may still add their usage later: it is not counted.
+        usage=Usage.total(list(usages)),
     )
 
 

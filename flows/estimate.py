@@ -1,0 +1,222 @@
+"""Expected duration, tokens and cost of a pipeline before it runs, and the learning behind them.
+
+After each routed step the engine calls `learn_usage`: every finished batch adds one per-row sample
+of prompt tokens, completion tokens and cost to the registry (`registry.record_tokens`, keyed by
+module and LM model), the way batch latencies feed the duration estimates.
+
+`estimate_pipeline` answers ``dspex estimate``: for each module or retrieve step, the router's own
+decision (pool, batches, estimated duration, static or learned) and the learned tokens and cost
+per row times the rows. A step with no learned figures yet is estimated from a *sample*: the first
+``sample_rows`` rows run through the pipeline for real (a short, paid run whose usage is learned
+like any other), then the figures are read again. `prior_cost_per_row` gives a budget its first
+expected cost per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspex.settings import Settings
+from tasks.batch import BatchResult
+
+__all__ = [
+    "PipelineEstimate",
+    "StepEstimate",
+    "estimate_pipeline",
+    "learn_usage",
+    "lm_model",
+    "prior_cost_per_row",
+]
+
+logger = logging.getLogger("dspex.estimate")
+
+
+def lm_model(lm: Any, settings: Settings | None = None) -> str:
+    """The model name usage is learned under: the LM's, else the settings'."""
+    model = getattr(lm, "model", None)
+    if isinstance(model, str) and model:
+        return model
+    return settings.lm_model if settings is not None else type(lm).__name__
+
+
+def learn_usage(module: str, model: str, results: Iterable[BatchResult | BaseException]) -> int:
+    """Record each finished batch's per-row tokens and cost in the registry; returns samples recorded.
+
+    Rows that were reused or not attempted cost nothing and are not counted.
+
+    Args:
+        module: The registry name of the step's module.
+        model: The LM model the step called.
+        results: The step's batch results (exceptions are skipped).
+    """
+    import registry
+
+    recorded = 0
+    for result in results:
+        if not isinstance(result, BatchResult) or not result.usage.requests:
+            continue
+        ran = len(result.errors) - result.not_attempted - result.reused
+        if ran <= 0:
+            continue
+        usage = result.usage
+        cost = usage.cost_usd / ran if usage.cost_usd is not None and usage.cost_known else None
+        registry.record_tokens(
+            module,
+            model,
+            prompt_tokens=usage.prompt_tokens / ran,
+            completion_tokens=usage.completion_tokens / ran,
+            cost_usd=cost,
+        )
+        recorded += 1
+    return recorded
+
+
+def _routed(steps: list[Any]) -> list[Any]:
+    from flows.spec import iter_steps
+
+    return [s for s in iter_steps(steps) if s.kind in ("module", "retrieve")]
+
+
+def prior_cost_per_row(spec: Any, model: str) -> float | None:
+    """The learned cost of one row through every module step of ``spec`` (None when any is unknown)."""
+    import registry
+    from flows.router import registry_name
+
+    total = 0.0
+    for step in _routed(spec.steps):
+        if step.kind != "module":
+            continue
+        learned = registry.token_estimate(registry_name(step), model)
+        if learned is None or learned.cost_usd is None:
+            return None
+        total += learned.cost_usd
+    return total
+
+
+class StepEstimate(BaseModel):
+    """What one routed step is expected to take and cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    module: str
+    pool: str
+    rows: int
+    batches: int
+    duration_ms: float = Field(description="Expected wall time of the step.")
+    duration_source: str = Field(description="static (catalogue) or learned (earlier runs).")
+    prompt_tokens: float | None = Field(default=None, description="Expected prompt tokens of the step.")
+    completion_tokens: float | None = Field(default=None, description="Expected completion tokens.")
+    cost_usd: float | None = Field(default=None, description="Expected cost in USD; None when unknown.")
+    usage_source: str = Field(description="learned (n batches), sampled, none (no LM) or unknown.")
+
+
+class PipelineEstimate(BaseModel):
+    """Expected duration, tokens and cost of a whole run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str
+    rows: int
+    model: str
+    steps: list[StepEstimate]
+    sampled_rows: int = Field(default=0, description="Rows run for real to learn figures that were missing.")
+    duration_ms: float
+    prompt_tokens: float | None
+    completion_tokens: float | None
+    cost_usd: float | None = Field(description="None when any step's cost is unknown.")
+
+
+def _step_estimates(
+    spec: Any, rows: int, settings: Settings, model: str, sampled: bool
+) -> list[StepEstimate]:
+    import registry
+    from flows.router import registry_name, route_step
+
+    estimates = []
+    for step in _routed(spec.steps):
+        decision = route_step(step, max(rows, 1), settings, lambda pool: (True, "estimate"))
+        module = registry_name(step)
+        prompt = completion = cost = None
+        if step.kind == "retrieve":
+            source = "none (no LM)"
+            prompt, completion, cost = 0.0, 0.0, 0.0
+        else:
+            learned = registry.token_estimate(module, model)
+            if learned is None:
+                source = "unknown"
+            else:
+                source = "sampled" if sampled else f"learned ({learned.samples} batches)"
+                prompt = learned.prompt_tokens * rows
+                completion = learned.completion_tokens * rows
+                cost = None if learned.cost_usd is None else learned.cost_usd * rows
+        estimates.append(
+            StepEstimate(
+                step=str(step.name),
+                module=module,
+                pool=decision.pool,
+                rows=rows,
+                batches=decision.batches,
+                duration_ms=round(decision.estimated_ms, 1),
+                duration_source=decision.estimate_source,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost_usd=cost,
+                usage_source=source,
+            )
+        )
+    return estimates
+
+
+def _total(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def estimate_pipeline(
+    spec: Any,
+    rows: list[dict[str, Any]],
+    *,
+    settings: Settings,
+    lm: Any = None,
+    sample_rows: int = 5,
+) -> PipelineEstimate:
+    """Estimate a run of ``spec`` over ``rows`` (see the module docstring).
+
+    Args:
+        spec: The pipeline.
+        rows: The data.
+        settings: The effective settings.
+        lm: The LM (default: the settings'); only its model name matters unless a sample runs.
+        sample_rows: Rows to run for real when a module step has no learned usage (0: never sample).
+    """
+    model = lm_model(lm, settings) if lm is not None else settings.lm_model
+    steps = _step_estimates(spec, len(rows), settings, model, sampled=False)
+    sampled = 0
+    if sample_rows > 0 and rows and any(s.usage_source == "unknown" for s in steps):
+        from flows.pipeline import run_pipeline
+
+        sample = [dict(row) for row in rows[:sample_rows]]
+        logger.info("no learned usage for some steps: running a sample of %d row(s) to learn it", len(sample))
+        run_pipeline(spec, data=sample, lm=lm, mode="local", continue_on_error=True)
+        sampled = len(sample)
+        steps = [
+            s if s.usage_source != "unknown" else new
+            for s, new in zip(
+                steps, _step_estimates(spec, len(rows), settings, model, sampled=True), strict=True
+            )
+        ]
+    return PipelineEstimate(
+        pipeline=spec.name,
+        rows=len(rows),
+        model=model,
+        steps=steps,
+        sampled_rows=sampled,
+        duration_ms=round(sum(s.duration_ms for s in steps), 1),
+        prompt_tokens=_total([s.prompt_tokens for s in steps]),
+        completion_tokens=_total([s.completion_tokens for s in steps]),
+        cost_usd=_total([s.cost_usd for s in steps]),
+    )
