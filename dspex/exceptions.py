@@ -50,6 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BudgetExceededError",
     "ConfigurationError",
     "DSPexError",
     "DispatchError",
@@ -69,6 +70,8 @@ __all__ = [
     "RegistryQueryError",
     "RetrievalError",
     "RetrieverServerError",
+    "RunInterruptedError",
+    "RunStoppedError",
     "SandboxUnavailableError",
     "SessionBusyError",
     "SessionError",
@@ -77,14 +80,11 @@ __all__ = [
     "SessionStoreError",
     "SignatureError",
     "StepExecutionError",
-    "RunStoppedError",
-    "RunInterruptedError",
-    "BudgetExceededError",
     "TemplateError",
     "TemplateSecurityError",
     "UnknownModuleError",
-    "VariableError",
     "UntrustedImportError",
+    "VariableError",
     "is_retryable",
     "retry_condition",
 ]
