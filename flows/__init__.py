@@ -12,6 +12,7 @@ from flows.optimize import OptimizeResult, optimize_program
 from flows.pipeline import PipelineResult, PipelineSummary, run_pipeline
 from flows.rag import RagResult, rag_qa
 from flows.spec import PipelineSpec
+from flows.streaming import PipelineStream, stream_pipeline
 
 __all__ = [
     "BatchPredictResult",
@@ -19,6 +20,7 @@ __all__ = [
     "OptimizeResult",
     "PipelineResult",
     "PipelineSpec",
+    "PipelineStream",
     "PipelineSummary",
     "RagResult",
     "batch_predict",
@@ -26,4 +28,5 @@ __all__ = [
     "optimize_program",
     "rag_qa",
     "run_pipeline",
+    "stream_pipeline",
 ]

@@ -166,6 +166,8 @@ def run_pipeline(
     lm: LMParam = None,
     mode: RunMode = "auto",
     continue_on_error: bool | None = None,
+    pipelined: bool = False,
+    chunk_rows: int | None = None,
 ) -> PipelineResult:
     """Run ``spec`` over ``data``.
 
@@ -179,6 +181,9 @@ def run_pipeline(
         mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
             run here; `flows.modes`), ``local`` or ``distributed``.
         continue_on_error: Override the spec's ``continue_on_error``.
+        pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
+            batch holds back only its own rows (`flows.streaming`); the output order is the same.
+        chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
 
     Returns:
         The output rows by reference and the run summary.
@@ -231,6 +236,11 @@ def run_pipeline(
         collect() as collected,
         tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
     ):
+        if pipelined:
+        from flows.streaming import run_pipelined
+
+        run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
+    else:
         run_steps(spec.steps, rows, ctx)
 
     failures = [
