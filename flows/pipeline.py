@@ -237,11 +237,11 @@ def run_pipeline(
         tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
     ):
         if pipelined:
-        from flows.streaming import run_pipelined
+            from flows.streaming import run_pipelined
 
-        run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
-    else:
-        run_steps(spec.steps, rows, ctx)
+            run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
+        else:
+            run_steps(spec.steps, rows, ctx)
 
     failures = [
         RowFailure(
