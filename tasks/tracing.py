@@ -51,6 +51,29 @@ logger = logging.getLogger(__name__)
 TRACER_NAME = "dspex"
 
 _TRACER: ContextVar[Any] = ContextVar("dspex_tracer", default=None)
+# The OpenTelemetry context of the innermost DSPex span. Spans take their parent from here, not from
+# OpenTelemetry's current span: Prefect makes its own task-run span current inside each batch, and a
+# module span belongs under its step. Context variables follow the engine's threads and tasks.
+_PARENT: ContextVar[Any] = ContextVar("dspex_trace_parent", default=None)
+
+
+def _open_span(tracer: Any, name: str, attributes: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Start a span under the innermost DSPex span (or the current span), make it current and the
+    parent of what follows; returns the span and the two tokens `_close_span` needs."""
+    from opentelemetry import context, trace
+
+    span = tracer.start_span(name, context=_PARENT.get(), attributes=attributes)
+    ctx = trace.set_span_in_context(span)
+    return span, context.attach(ctx), _PARENT.set(ctx)
+
+
+def _close_span(otel_token: Any, parent_token: Any) -> None:
+    from opentelemetry import context
+
+    _PARENT.reset(parent_token)
+    context.detach(otel_token)
+
+
 _install_lock = threading.Lock()
 _installed_provider: Any = None
 
@@ -151,21 +174,38 @@ def trace_run(pipeline: str, *, settings: Any, rows: int, lm_model: str | None =
         attributes["gen_ai.request.model"] = lm_model
     token = _TRACER.set(tracer)
     callbacks = [*(dspy.settings.get("callbacks") or []), SpanCallback(tracer, flow_run_id=flow_run)]
+    span, otel_token, parent_token = _open_span(tracer, f"dspex.pipeline {pipeline}", attributes)
     try:
-        with (
-            tracer.start_as_current_span(f"dspex.pipeline {pipeline}", attributes=attributes) as span,
-            dspy.context(callbacks=callbacks),
-        ):
+        with dspy.context(callbacks=callbacks):
             yield span
+    except BaseException as exc:
+        _record_error(span, exc)
+        raise
     finally:
+        _close_span(otel_token, parent_token)
+        span.end()
         _TRACER.reset(token)
+
+
+def _record_error(span: Any, exc: BaseException) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 @contextlib.contextmanager
 def _step(tracer: Any, name: str, kind: str, rows: int) -> Iterator[Any]:
     attributes = {"dspex.step": name, "dspex.step.kind": kind, "dspex.rows": rows}
-    with tracer.start_as_current_span(f"dspex.step {name}", attributes=attributes) as span:
+    span, otel_token, parent_token = _open_span(tracer, f"dspex.step {name}", attributes)
+    try:
         yield span
+    except BaseException as exc:
+        _record_error(span, exc)
+        raise
+    finally:
+        _close_span(otel_token, parent_token)
+        span.end()
 
 
 def step_span(name: str | None, kind: str, rows: int) -> contextlib.AbstractContextManager[Any]:
@@ -220,12 +260,9 @@ class SpanCallback(BaseCallback):
     def _start(
         self, call_id: str, name: str, attributes: dict[str, Any], capture: _UsageCapture | None
     ) -> None:
-        from opentelemetry import context, trace
-
         if self.flow_run_id:
             attributes["prefect.flow_run.id"] = self.flow_run_id
-        span = self.tracer.start_span(name, attributes=attributes)
-        token = context.attach(trace.set_span_in_context(span))
+        span, otel_token, parent_token = _open_span(self.tracer, name, attributes)
         dspy_token = None
         if capture is not None:
             from dspy.dsp.utils.settings import thread_local_overrides
@@ -233,26 +270,22 @@ class SpanCallback(BaseCallback):
             current = thread_local_overrides.get()
             dspy_token = thread_local_overrides.set(type(current)({**current, "usage_tracker": capture}))
         with self._lock:
-            self._open[call_id] = (span, token, time.perf_counter(), capture, dspy_token)
+            self._open[call_id] = (span, (otel_token, parent_token), time.perf_counter(), capture, dspy_token)
 
     def _end(self, call_id: str, exception: BaseException | None) -> tuple[Any, _UsageCapture | None]:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
-
         with self._lock:
             entry = self._open.pop(call_id, None)
         if entry is None:
             return None, None
-        span, token, started, capture, dspy_token = entry
+        span, (otel_token, parent_token), started, capture, dspy_token = entry
         if dspy_token is not None:
             from dspy.dsp.utils.settings import thread_local_overrides
 
             thread_local_overrides.reset(dspy_token)
         span.set_attribute("dspex.latency_ms", round((time.perf_counter() - started) * 1000, 3))
         if exception is not None:
-            span.set_attribute("error.type", type(exception).__name__)
-            span.set_status(Status(StatusCode.ERROR, type(exception).__name__))
-        context.detach(token)
+            _record_error(span, exception)
+        _close_span(otel_token, parent_token)
         return span, capture
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
