@@ -9,6 +9,8 @@ What it sets, and why:
 
 * ``PREFECT_HOME`` to ``<DSPEX_HOME>/prefect`` (when no server URL is given), so runs, the SQLite
   database and logs of the embedded server stay in the project instead of ``~/.prefect``.
+* The Prefect home is created owner-only (0700) and its ``prefect.db`` 0600: the database holds
+  every run's parameters, logs and artifacts.
 * ``PREFECT_SERVER_ANALYTICS_ENABLED=false``: otherwise every start logs a failed network call.
 * ``PREFECT_SERVER_LOGGING_LEVEL=CRITICAL`` for the embedded server only: at interpreter exit it
   is stopped while its event recorder flushes, which prints ``CancelledError`` tracebacks about work
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from dspex.redact import install_log_redaction
 from dspex.settings import get_settings
@@ -56,7 +59,7 @@ def configure_prefect() -> None:
     if embedded():
         if "PREFECT_HOME" not in os.environ:
             home = settings.resolved_prefect_home
-            home.mkdir(parents=True, exist_ok=True)
+            _private_prefect_home(home)
             os.environ["PREFECT_HOME"] = str(home)
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     for key, value in _DEFAULTS.items():
@@ -68,6 +71,27 @@ def configure_prefect() -> None:
         prefect.context.refresh_global_settings_context()
     if embedded() and "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
         _disable_flow_heartbeats()
+
+
+def _private_prefect_home(home: Path) -> None:
+    """Create the project's Prefect home owner-only (0700), with its SQLite database 0600.
+
+    The database holds every run's parameters, states, logs and artifacts; SQLite creates it (and
+    its -wal/-shm files, which copy its mode) with the umask's 0644, readable by every local user.
+    Creating the empty file first is what SQLite expects of a new database.
+    """
+    created = not home.exists()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if created or home.stat().st_uid == os.getuid():
+        home.chmod(0o700)
+    if "PREFECT_API_DATABASE_CONNECTION_URL" in os.environ:
+        return  # the user's own database: theirs to protect
+    database = home / "prefect.db"
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if database.stat().st_mode & 0o077:
+            database.chmod(0o600)  # made by an older DSPex, or by Prefect itself before us
 
 
 def _disable_flow_heartbeats() -> None:

@@ -12,6 +12,8 @@ buffers straight into the temporary file through a hashing wrapper (`stream_to_l
 are never assembled in memory first; the file is then renamed to its final (checksum or caller-given)
 name (`commit`).
 
+Local files are owner-only: folders DSPex creates are 0700 and files 0600, whatever the umask.
+
 Local reads memory-map the file (zero-copy: an Arrow payload's arrays point into the page cache). Files
 are only ever replaced by rename, never rewritten in place, so a mapping always sees a complete file.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "exists",
     "is_local",
     "join",
+    "make_private_dirs",
     "read_bytes",
     "stream_to_local",
     "write_atomic",
@@ -142,8 +145,8 @@ def stream_to_local(directory: str, produce: Callable[[Any], None]) -> StreamedF
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        make_private_dirs(folder)
+        with _open_private(tmp) as handle:
             writer = _HashingWriter(handle)
             produce(pa.PythonFile(writer, mode="w"))
     except BaseException as exc:
@@ -159,7 +162,7 @@ def commit(streamed: StreamedFile, uri: str) -> None:
     """Publish a `stream_to_local` file under its final local ``uri`` (atomic rename)."""
     _, path = _resolve(uri)
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        make_private_dirs(os.path.dirname(path) or ".")
         os.replace(streamed.tmp_path, path)
     except OSError as exc:
         discard(streamed)
@@ -172,6 +175,29 @@ def discard(streamed: StreamedFile) -> None:
         os.remove(streamed.tmp_path)
 
 
+def make_private_dirs(folder: str) -> None:
+    """Create ``folder`` (and missing parents) readable by the owner only (0700).
+
+    Folders that already exist keep their mode: a user's own output folder is theirs to set.
+    """
+    missing = []
+    current = os.path.abspath(folder)
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+
+
+def _open_private(path: str) -> Any:
+    # Owner-only from the first byte (0600), whatever the umask: payloads hold users' data.
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 def _is_memory(fs: Any) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "memory" in protocols
@@ -179,10 +205,10 @@ def _is_memory(fs: Any) -> bool:
 
 def _write_local(path: str, view: memoryview) -> None:
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    make_private_dirs(directory)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
-        with open(tmp, "wb") as handle:
+        with _open_private(tmp) as handle:
             handle.write(view)
         os.replace(tmp, path)
     except BaseException:

@@ -84,27 +84,26 @@ def test_log_records_are_masked_for_every_handler(caplog):
     assert "http://***@llm.internal/v1" in text
 
 
-class _LeakyLM(DummyLM):
-    """An LM whose provider error quotes the URL it called, credentials included."""
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError(f"connection refused by {URL}")
-
-
 @pytest.mark.integration
-def test_failed_run_keeps_credentials_out_of_prefect_database():
+def test_failed_run_keeps_credentials_out_of_prefect_database(monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    import registry
     from flows import PipelineSpec, run_pipeline
     from flows.pools import shutdown_local_pools
 
+    monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
+    registry.register_user_module("fixtures_pkg.leaky:Leaky")
     spec = PipelineSpec.model_validate(
-        {"name": "leaky", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+        {
+            "name": "leaky",
+            "steps": [{"module": "fixtures_pkg.leaky:Leaky", "inputs": {"question": "question"}}],
+        }
     )
     try:
         state = run_pipeline(
-            spec, data=[{"question": "q"}], lm=_LeakyLM([]), continue_on_error=False, return_state=True
+            spec, data=[{"question": "q"}], lm=DummyLM([]), continue_on_error=False, return_state=True
         )
     finally:
         shutdown_local_pools()
