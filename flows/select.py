@@ -242,35 +242,13 @@ def save_state(path: Path, state: BanditState) -> None:
 
 def _row_scorer(step: SelectStep, lm: Any) -> Callable[[dict[str, Any], Any], float]:
     """Score one finished row in 0..1: the metric against the gold field, or the LM judge."""
-    from tasks.patterns.scoring import as_score
+    from tasks.patterns.scoring import as_score, row_metric
     from tasks.rows import get_field
 
     options = step.select
     if options.metric is not None:
-        from tasks.metrics import metric_names
-
-        if options.metric in metric_names():
-            from tasks.metrics import get_metric
-
-            metric = get_metric(options.metric, gold_field="gold", prediction_field="prediction")
-
-            def native(row: dict[str, Any], candidate: Any) -> float:
-                gold = {"gold": get_field(row, options.gold, None)}
-                return float(metric(gold, {"prediction": get_field(row, options.prediction, None)}))
-
-            return native
-        import dspy
-
-        from tasks.callables import resolve_callable
-
-        fn = resolve_callable(options.metric)
-
-        def custom(row: dict[str, Any], candidate: Any) -> float:
-            example = dspy.Example(**{k: v for k, v in row.items() if not k.startswith("_")})
-            prediction = dspy.Prediction(**{options.prediction: get_field(row, options.prediction, None)})
-            return as_score(fn(example, prediction))
-
-        return custom
+        metric = row_metric(options.metric, options.prediction, options.gold)
+        return lambda row, candidate: metric(row)
 
     import dspy
 
@@ -302,7 +280,7 @@ def _priors_ms(candidates: list[Any]) -> dict[str, float]:
     priors: dict[str, float] = {}
     for candidate in candidates:
         if isinstance(candidate, ModuleStep):
-            priors[candidate.name] = float(registry.estimate(candidate.module).ms)
+            priors[str(candidate.name)] = float(registry.estimate(candidate.module).ms)
     return priors
 
 
@@ -326,7 +304,7 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
 
     options = step.select
     started = time.perf_counter()
-    candidates = {c.name: c for c in options.candidates}
+    candidates: dict[str, Any] = {str(c.name): c for c in options.candidates}  # named by the spec
     names = list(candidates)
     memory = options.memory or f"{step.name}-{_config_hash(step)[:10]}"
     path = state_path(ctx.settings, memory)
@@ -395,7 +373,7 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
     best = bandit.best()
     ctx.records.append(
         StepRecord(
-            step=step.name,
+            step=str(step.name),
             kind=step.kind,
             rows=len(active),
             batches=len(decisions),
@@ -406,7 +384,7 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
             + f"; best per {bandit.cost_unit()} now: {best} (quality {state.candidates[best].quality:.2f})",
         )
     )
-    _write_artifact(step.name, decisions, state, bandit, path)
+    _write_artifact(str(step.name), decisions, state, bandit, path)
     return decisions
 
 

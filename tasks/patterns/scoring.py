@@ -13,7 +13,7 @@ import dspy
 
 from dspex.exceptions import PipelineSpecError
 
-__all__ = ["Judge", "JudgeSignature", "Scorer", "as_score", "resolve_scorer"]
+__all__ = ["Judge", "JudgeSignature", "Scorer", "as_score", "resolve_scorer", "row_metric"]
 
 Scorer = Callable[[Mapping[str, Any], Any], Any]
 
@@ -75,3 +75,45 @@ def resolve_scorer(ref: str | None, instructions: str = "") -> Scorer | None:
     from tasks.callables import resolve_callable
 
     return resolve_callable(ref)
+
+
+def row_metric(
+    metric: str, prediction: str = "answer", gold: str = "gold"
+) -> Callable[[Mapping[str, Any]], float]:
+    """Score a finished pipeline row in 0..1: its ``prediction`` field against its ``gold`` field.
+
+    Args:
+        metric: A native metric (``exact_match``, ``f1``, ``passage_match``) or a registered callable /
+            trusted import path ``fn(example, prediction) -> float | bool`` (DSPy's metric shape: the
+            example holds the row, the prediction holds the ``prediction`` field).
+        prediction: The row field holding the prediction (dotted allowed).
+        gold: The row field holding the gold answer(s) (dotted allowed).
+
+    Raises:
+        MetricError: An unknown metric (before any row is scored).
+    """
+    from tasks.metrics import get_metric, metric_names
+    from tasks.rows import get_field
+
+    if metric in metric_names():
+        native = get_metric(metric, gold_field="gold", prediction_field="prediction")
+
+        def score_native(row: Mapping[str, Any]) -> float:
+            return float(
+                native({"gold": get_field(row, gold, None)}, {"prediction": get_field(row, prediction, None)})
+            )
+
+        return score_native
+    from dspex.exceptions import MetricError
+
+    try:
+        fn = resolve_scorer(metric)
+    except PipelineSpecError as exc:
+        raise MetricError(f"unknown metric {metric!r}: {exc}") from exc
+    assert fn is not None
+
+    def score_custom(row: Mapping[str, Any]) -> float:
+        example = dspy.Example(**{k: v for k, v in row.items() if not str(k).startswith("_")})
+        return as_score(fn(example, dspy.Prediction(**{prediction: get_field(row, prediction, None)})))
+
+    return score_custom
