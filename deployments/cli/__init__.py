@@ -41,10 +41,11 @@ def settings_command(
 
 
 def _register_commands() -> None:
-    from deployments.cli import demo, distributed
+    from deployments.cli import demo, distributed, health
 
     demo.register(app)
     distributed.register(app)
+    health.register(app)
 
 
 _register_commands()
