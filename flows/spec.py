@@ -50,7 +50,6 @@ from flows.variables import (
     check_module_choices,
     check_variable_names,
     default_values,
-    has_references,
     substitute,
 )
 
@@ -560,7 +559,9 @@ class PipelineSpec(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _resolve_defaults(cls, data: Any, handler: ModelWrapValidatorHandler[PipelineSpec]) -> PipelineSpec:
-        if not isinstance(data, dict) or not (data.get("variables") or has_references(data.get("steps"))):
+        # References are interpreted only in a spec that declares variables: a resolved spec (none)
+        # keeps a literal "${" that an escaped "$${" produced.
+        if not isinstance(data, dict) or not data.get("variables"):
             return handler(data)
         raw = [
             s.model_dump(mode="json", by_alias=True) if isinstance(s, BaseModel) else s for s in data["steps"]

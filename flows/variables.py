@@ -14,7 +14,8 @@ A spec declares its variables next to its steps::
 Any string in a step may hold a reference: a whole-string reference (``"${k}"``) becomes the value
 with its type (an ``int`` for an ``int`` variable), a reference inside longer text is interpolated
 (``"Answer in ${n} words"``), and ``$${`` writes a literal ``${``. One variable may appear in many
-steps (the same ``k`` in two retrieve steps); that is how it coordinates them.
+steps (the same ``k`` in two retrieve steps); that is how it coordinates them. References are
+interpreted only in a spec that declares variables; in any other spec ``${`` is plain text.
 
 Resolution (`resolve_spec`) turns a spec and a choice of values into a concrete spec *before* any
 execution; every value is checked against its variable's range or choices, and the concrete spec
