@@ -12,21 +12,24 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from dspex.exceptions import InputValidationError, PayloadError, StepExecutionError
+from dspex.exceptions import InputValidationError, PayloadError, RunInterruptedError, StepExecutionError
 from dspex.settings import Mode, get_settings
-from flows import events
+from flows import events, run_control
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
+from flows.interrupts import handle_signals
 from flows.metrics import RunMetrics, build_metrics, collect
 from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.spec import ModuleStep, PipelineSpec
 from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows, write_payload
+from tasks.usage import Usage
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
 
@@ -58,6 +61,14 @@ class PipelineSummary(BaseModel):
     lm: dict[str, Any] = Field(description="The LM used (model, provider; never a key).")
     metrics: RunMetrics | None = Field(
         default=None, description="Throughput, row latency and error rate per step, orchestrator peak RSS."
+    )
+    usage: Usage = Field(default_factory=Usage, description="LM tokens and cost of the whole run (issue 12).")
+    reused_rows: int = Field(
+        default=0, description="Step rows taken from earlier runs instead of recomputed."
+    )
+    not_attempted: int = Field(default=0, description="Rows never tried: the run stopped before them.")
+    stopped: str | None = Field(
+        default=None, description="Why the run stopped early (signal, budget); None if not."
     )
 
 
@@ -166,6 +177,8 @@ def run_pipeline(
     lm: LMParam = None,
     mode: RunMode = "auto",
     continue_on_error: bool | None = None,
+    resume: bool | None = None,
+    max_cost_usd: float | None = None,
     pipelined: bool = False,
     chunk_rows: int | None = None,
 ) -> PipelineResult:
@@ -181,6 +194,9 @@ def run_pipeline(
         mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
             run here; `flows.modes`), ``local`` or ``distributed``.
         continue_on_error: Override the spec's ``continue_on_error``.
+        resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``, on; `flows.resume`).
+        max_cost_usd: Stop dispatching before the projected LM cost passes this many USD (default
+            ``DSPEX_MAX_COST_USD``); completed rows are kept (`flows.budget`).
         pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
             batch holds back only its own rows (`flows.streaming`); the output order is the same.
         chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
@@ -193,6 +209,9 @@ def run_pipeline(
         PoolUnavailableError: A step's pool cannot take work and the policy is to fail.
         StepExecutionError: Rows failed and ``continue_on_error`` is false; the output payload with
             every completed row is still written, and named in the error.
+        RunInterruptedError: SIGINT/SIGTERM stopped the run (its flow run ends Cancelled); the partial
+            output is written and named in the error.
+        BudgetExceededError: ``max_cost_usd`` stopped the run; the partial output is written.
     """
     import registry
     from tasks.lm import describe_lm
@@ -223,10 +242,11 @@ def run_pipeline(
         continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
         on_progress=progress_reporter(spec.name),
     )
+    run_control.attach(ctx, spec, settings, resume=resume, max_cost_usd=max_cost_usd)
     if settings.mode == "distributed":
         from flows.executors import RemoteExecutor
 
-        ctx.executor = RemoteExecutor(settings, stop=lambda: ctx.stop)
+        ctx.executor = RemoteExecutor(settings, stop=ctx.stopping, store=ctx.resume)
     check_pools(spec.steps, ctx)
     for i, row in enumerate(rows):
         row.setdefault("_row", i)
@@ -235,6 +255,7 @@ def run_pipeline(
         events.run_scope(spec.name, lm_model, settings=settings),
         collect() as collected,
         tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
+        handle_signals(ctx.halt),  # SIGINT/SIGTERM: stop dispatching, let running rows finish (issue 12)
     ):
         if pipelined:
             from flows.streaming import run_pipelined
@@ -243,6 +264,7 @@ def run_pipeline(
         else:
             run_steps(spec.steps, rows, ctx)
 
+    run_control.mark_unreached(spec.steps, rows, ctx)
     failures = [
         RowFailure(
             row=int(r.get("_row", i)),
@@ -264,6 +286,10 @@ def run_pipeline(
         steps=ctx.records,
         failures=failures[:1000],
         lm=lm_info,
+        usage=Usage.total(r.usage for r in ctx.records),
+        reused_rows=sum(r.reused_rows for r in ctx.records),
+        not_attempted=sum(bool(r.get(ERROR_FIELD, {}).get("not_attempted")) for r in rows),
+        stopped=ctx.halt.reason if ctx.halt is not None and ctx.halt.stopped else None,
     )
     summary.metrics = build_metrics(ctx.records, collected, len(rows), summary.failed, summary.wall_ms)
     write_duration_artifact(ctx.records, spec.name, str(lm_info.get("model")))
@@ -282,6 +308,11 @@ def run_pipeline(
         summary.failed,
         output.uri,
     )
+    stopped = run_control.stopped_error(ctx, summary, output)
+    if isinstance(stopped, RunInterruptedError):  # the flow run ends Cancelled; the caller gets the error
+        return Cancelled(message=str(stopped), data=stopped)  # type: ignore[return-value]
+    if stopped is not None:
+        raise stopped
     if failures and not ctx.continue_on_error:
         first = failures[0]
         raise StepExecutionError(
