@@ -6,7 +6,6 @@ import json
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from deployments.cli.registry import app as registry_app
@@ -37,18 +36,16 @@ def settings_command(
     table.add_column("setting")
     table.add_column("value")
     for key in sorted(values):
-        table.add_row(key, "" if values[key] is None else escape(str(values[key])))
+        table.add_row(key, "" if values[key] is None else str(values[key]))
     console.print(table)
 
 
 def _register_commands() -> None:
-    from deployments.cli import automations, demo, distributed, estimate, health, show
+    from deployments.cli import demo, distributed, estimate, health
 
     demo.register(app)
     distributed.register(app)
-    show.register(app)
     health.register(app)
-    automations.register(app)
     estimate.register(app)
 
 
