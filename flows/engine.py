@@ -217,7 +217,10 @@ def _record_inline(
 
 def batch_key(step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], lm_key: str) -> str:
     """Identity of a batch: the step's configuration, the inputs it reads, and the LM."""
-    config = step.model_dump(mode="json", exclude={"name", "batch_size", "pool"})
+    # Where and how fast a batch runs is not what it computes: pool, batch size and rate limits are out.
+    config = step.model_dump(
+        mode="json", exclude={"name", "batch_size", "pool", "requests_per_minute", "tokens_per_minute"}
+    )
     retrieve = {getattr(step, "retrieve", "")} - {""}
     reads = sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()) | retrieve)
     inputs = [{f: get_field(row, f, None) for f in reads} for row in rows]

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dspex.ratelimit")
+#: After a 429, each success adds ``_RECOVERY / limit`` to the concurrency limit: it gains one every
+#: ``limit / _RECOVERY`` calls, slowly enough not to run straight back into the provider's limit.
+_RECOVERY = 0.25
 StopFn = Callable[[], bool]
 
 
@@ -239,7 +242,7 @@ class EndpointLimiter:
                     int(self._limit),
                 )
             elif self._limit != float("inf"):
-                self._limit += 1.0 / self._limit  # additive increase: about +1 per window
+                self._limit += _RECOVERY / self._limit  # additive increase
             self._cond.notify_all()
 
     def note_completion(self, completion_tokens: int) -> None:

@@ -152,6 +152,16 @@ class ModuleStep(_StepBase):
     batch_size: int | None = Field(
         default=None, ge=1, description="Rows per batch; chosen from the estimate when omitted."
     )
+    requests_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="This step's LM request limit (overrides DSPEX_LM_REQUESTS_PER_MINUTE for its calls).",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="This step's LM token limit (overrides DSPEX_LM_TOKENS_PER_MINUTE for its calls).",
+    )
 
     @field_validator("inputs", "outputs")
     @classmethod

@@ -74,15 +74,30 @@ class EndpointGuard:
         self.attempts += 1
         if error is None:
             self.breaker.record_success()
-        elif is_transport_failure(error):
-            self.breaker.record_failure()
+        elif is_transport_failure(error) and not _rate_limited(error):
+            self.breaker.record_failure()  # 5xx, timeout, connection: the endpoint is in trouble
 
     def give_up(self, error: BaseException) -> None:
+        if _rate_limited(error):
+            self.breaker.record_failure()  # a 429 counts only once the row's retries are spent
         if self.on_row_failed is not None:
             self.on_row_failed(error)
 
     def callbacks(self) -> list[Any]:
         return self._callbacks
+
+
+def _rate_limited(error: BaseException) -> bool:
+    from dspy.utils.exceptions import LMRateLimitError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, LMRateLimitError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def guard_for(

@@ -1,0 +1,147 @@
+"""Rate limits per LM endpoint: shared by concurrent batches, adaptive on 429, and shared across
+processes through Prefect global concurrency limits."""
+
+import threading
+import time
+
+import dspy
+import pytest
+from support.fixtures import openai_server  # noqa: F401
+from support.openai_server import openai_server as running_server
+
+from dspex.settings import get_settings
+from flows import circuit, ratelimit
+from flows.executors import endpoint_of, run_batch
+from flows.pools import shutdown_local_pools
+from flows.ratelimit import GlobalRate, TokenBucket, limiter_for
+from flows.spec import PipelineSpec
+
+ANSWER = "[[ ## answer ## ]]\nforty-two\n\n[[ ## completed ## ]]"
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    ratelimit.reset_limiters()
+    circuit.reset_breakers()
+    yield
+    ratelimit.reset_limiters()
+    circuit.reset_breakers()
+    shutdown_local_pools()
+
+
+def qa_step():
+    spec = {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+    return PipelineSpec.model_validate(spec).steps[0]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_token_bucket_refills_at_its_rate_and_takes_corrections():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=5, clock=clock)
+    assert [bucket.wait_time(1) for _ in range(5)] == [0.0] * 5
+    assert bucket.wait_time(1) == pytest.approx(0.1)
+    clock.now += 0.3
+    assert bucket.wait_time(3) == 0.0
+    bucket.adjust(-10)  # a call used more tokens than it was charged for: the debt is waited out
+    assert bucket.wait_time(1) == pytest.approx(1.1)
+
+
+def stamped_server(server):
+    stamps = []
+    lock = threading.Lock()
+
+    def responder(messages):
+        with lock:
+            stamps.append(time.monotonic())
+        return ANSWER
+
+    server.responder = responder
+    return stamps
+
+
+def test_sixteen_concurrent_batches_share_one_request_rate(openai_server):  # noqa: F811
+    stamps = stamped_server(openai_server)
+    openai_server.rate_limit_per_s = 30  # the provider's limit, above ours: no 429 expected
+    lm = dspy.LM("openai/test-model", api_base=openai_server.base_url, api_key="sk-x", cache=False)
+    settings = get_settings(lm_requests_per_minute=1200, pool_general_capacity=8)  # 20 requests/s
+    results = []
+    start = time.monotonic()
+
+    def batch(n):
+        rows = [{"question": f"b{n} q{i}"} for i in range(3)]
+        results.append(run_batch(qa_step(), rows, pool="general", settings=settings, lm=lm))
+
+    threads = [threading.Thread(target=batch, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    elapsed = time.monotonic() - start
+    assert len(results) == 16 and all(r.failed == 0 for r in results)
+    assert len(stamps) == 48 and openai_server.throttled == 0
+    # 48 requests at 20/s with a burst of 5 (unpaced, all 48 would land within a second). Stamps
+    # are taken on arrival, so thread scheduling may bunch a few: a small allowance.
+    busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+    assert busiest <= 30, busiest
+    assert (48 - 5) / (max(stamps) - min(stamps)) <= 20 * 1.1
+    assert elapsed >= (48 - 5) / 20 * 0.9
+
+
+def test_a_429_pauses_the_endpoint_backs_off_concurrency_and_loses_no_row():
+    step = qa_step()
+    rows = [{"question": f"q{i}"} for i in range(30)]
+    refused = {}
+    for told in (6000, None):  # told far more than the provider allows; then no limiter at all
+        with running_server() as server:
+            stamped_server(server)
+            server.rate_limit_per_s, server.latency_s = 8, 0.1
+            lm = dspy.LM("openai/test-model", api_base=server.base_url, api_key="sk-x", cache=False)
+            settings = get_settings(
+                lm_requests_per_minute=told, lm_num_retries=10, task_retry_delay_seconds=0.05
+            )
+            result = run_batch(step, rows, pool="general", settings=settings, lm=lm)
+            assert result.failed == 0  # retried after Retry-After until served: nothing lost
+            refused[told] = server.throttled
+            if told:
+                limiter = limiter_for(endpoint_of(lm, settings), told, None)
+                assert limiter is not None and limiter.throttled == server.throttled > 0
+                assert limiter.concurrency_limit < 8  # halved on 429s, recovering slowly
+    # Pausing the endpoint for Retry-After and backing off concurrency: far fewer refusals.
+    assert refused[6000] < refused[None] * 0.75, refused
+
+
+def test_per_step_rate_overrides_the_settings():
+    step = qa_step()
+    settings = get_settings(lm_requests_per_minute=60)
+    from flows.executors import guard_for
+
+    plain = guard_for(step, None, settings, lambda: False)
+    assert plain is not None and plain.limiter is not None and plain.limiter.requests is not None
+    assert plain.limiter.requests.rate == pytest.approx(1.0)
+    overridden = step.model_copy(update={"requests_per_minute": 600})
+    faster = guard_for(overridden, None, settings, lambda: False)
+    assert faster is not None and faster.limiter is not None and faster.limiter.requests is not None
+    assert faster.limiter.requests.rate == pytest.approx(10.0)
+
+
+@pytest.mark.integration
+def test_global_rate_takes_chunks_from_a_prefect_global_concurrency_limit():
+    from prefect.client.orchestration import get_client
+
+    rate = GlobalRate("dspex-test-rate", per_minute=600, chunk=5)  # 10 units/s, 5 per server call
+    start = time.monotonic()
+    for _ in range(30):
+        rate.take(1)
+    elapsed = time.monotonic() - start
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("dspex-test-rate")
+    assert limit.slot_decay_per_second == pytest.approx(10.0) and limit.limit == 10
+    # 30 units at 10/s with 10 slots to start from: the server made us wait for the rest.
+    assert elapsed >= 1.0
