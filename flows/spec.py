@@ -47,6 +47,7 @@ from dspex.imports import is_import_path
 from flows.forms import FormUnion
 from flows.variables import (
     Variable,
+    allow_reference,
     check_module_choices,
     check_variable_names,
     default_values,
@@ -241,7 +242,13 @@ class RetrieveStep(_StepBase):
 
     kind: Literal["retrieve"] = "retrieve"
     retrieve: str = Field(default="question", description="The row field holding the query.")
-    k: int = Field(default=3, ge=1, le=100, description="Passages per query.")
+    k: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Passages per query (or a '${name}' variable reference).",
+        json_schema_extra=allow_reference,
+    )
     corpus: str | dict[str, Any] = Field(
         default="demo",
         description="'demo' (the bundled corpus), a payload reference (JSON), or a path/URL of a "

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Variable",
     "VariableValue",
+    "allow_reference",
     "check_module_choices",
     "check_variable_names",
     "default_values",
@@ -180,6 +181,19 @@ class Variable(BaseModel):
 
 
 # --- references ---------------------------------------------------------------------------------
+
+
+def allow_reference(schema: dict[str, Any]) -> None:
+    """JSON-schema hook for a non-string step field: it also accepts a ``${name}`` reference.
+
+    The Prefect UI form and a deployment's parameter check then accept a spec with variables; the
+    spec itself substitutes the values before the field is validated.
+    """
+    kept = {k: schema.pop(k) for k in ("title", "description", "default") if k in schema}
+    original = dict(schema)
+    schema.clear()
+    schema.update(kept)
+    schema["anyOf"] = [original, {"type": "string", "pattern": r"^\$\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}$"}]
 
 
 def _walk_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:

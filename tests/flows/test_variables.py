@@ -138,3 +138,19 @@ def test_substitution_reaches_nested_steps_and_reports_them():
         out[0]["parallel"]["a"][0]["module"] == out[1]["select"]["candidates"][0]["module"] == "dspy.Predict"
     )
     assert steps[0]["parallel"]["a"][0]["module"] == "${m}"  # the template is untouched
+
+
+def test_a_spec_with_references_passes_the_deployment_parameter_schema():
+    # Prefect checks a deployment's parameters against the flow's schema: a '${k}' in an integer field
+    # must be accepted there (and by the UI form), then resolved by the spec itself.
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.tune import default_tune_spec, tune_pipeline
+
+    schema = parameter_schema(tune_pipeline).model_dump_for_openapi()
+    spec = default_tune_spec().model_dump(mode="json")
+    assert spec["steps"][0]["k"] == "${k}"
+    assert validate({"spec": spec, "devset": "demo"}, schema, raise_on_error=False) == []
+    spec["steps"][0]["k"] = "three"
+    assert validate({"spec": spec}, schema, raise_on_error=False) != []
