@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -104,10 +105,14 @@ def _check_key(key: str) -> str:
     return key
 
 
+_GROUPED = re.compile(r"^([0-9a-f]{32})-([0-9a-f]+)$")
+
+
 def _name(key: str) -> str:
-    """The stored name of a batch key: ``<step_key>/<content>`` (flat for keys of another form)."""
-    folder, sep, rest = _check_key(key).partition("-")
-    return f"{RESULTS_PREFIX}/{folder}/{rest}" if sep and rest else f"{RESULTS_PREFIX}/{key}"
+    """The stored name of a batch key: ``<step_key>/<content>`` for keys made by `batch_key`, flat
+    (``results/<key>``) for any other key."""
+    grouped = _GROUPED.match(_check_key(key))
+    return f"{RESULTS_PREFIX}/{grouped[1]}/{grouped[2]}" if grouped else f"{RESULTS_PREFIX}/{key}"
 
 
 class BatchStore:

@@ -5,7 +5,8 @@ the pool's ``run-step-<pool>`` deployment. The flow reads the rows, builds the L
 worker's settings (LMs never travel between processes), runs the batch on an executor sized by the
 pool's capacity, and writes the `tasks.batch.BatchResult` back under a deterministic name,
 ``results/<batch_key>``, with a small ``results/<batch_key>.ref.json`` sidecar, so the orchestrator
-can read it by key whatever happened to the flow run's own result.
+can read it by key whatever happened to the flow run's own result. The store is `flows.resume`'s,
+the one both executors use, so these results also serve later runs' resume.
 
 It is idempotent: when the result for ``batch_key`` already exists (an earlier attempt finished but
 its worker died before the orchestrator saw it), it is returned without running anything again, so a
@@ -14,17 +15,17 @@ re-dispatched batch contributes every row exactly once.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import TypeAdapter
 
-from dspex.exceptions import PayloadError, PipelineSpecError
+from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
+from flows.resume import RESULTS_PREFIX, read_batch_result, result_ref_uri, write_batch_result
 from flows.spec import ModuleStep, RetrieveStep
 from tasks.batch import BatchResult
-from tasks.payloads import PayloadRef, read_payload, read_rows, storage, write_payload
+from tasks.payloads import PayloadRef, read_rows
 
 __all__ = [
     "RESULTS_PREFIX",
@@ -35,9 +36,6 @@ __all__ = [
     "run_step",
     "write_batch_result",
 ]
-
-#: Folder (under the payload base URL) where batch results are kept by batch key.
-RESULTS_PREFIX = "results"
 
 _STEP = TypeAdapter(ModuleStep | RetrieveStep)
 
@@ -58,49 +56,6 @@ def parse_step(step: dict[str, Any]) -> ModuleStep | RetrieveStep:
         return model.model_validate(step)
     except ValueError as exc:  # pydantic's ValidationError: say which step, keep the details
         raise PipelineSpecError(f"invalid step for run-step: {exc}", step=step.get("name")) from exc
-
-
-def _check_key(batch_key: str) -> str:
-    if not batch_key or not all(c.isalnum() or c in "-_" for c in batch_key) or len(batch_key) > 128:
-        raise PayloadError(f"batch key {batch_key!r} must be 1-128 letters, digits, '-' or '_'")
-    return batch_key
-
-
-def result_ref_uri(batch_key: str, base_url: str | None = None) -> str:
-    """Where the ref sidecar of ``batch_key``'s result lives."""
-    base = base_url or get_settings().resolved_payload_url
-    return storage.join(base, f"{RESULTS_PREFIX}/{_check_key(batch_key)}.ref.json")
-
-
-def write_batch_result(result: BatchResult, batch_key: str, base_url: str | None = None) -> PayloadRef:
-    """Store ``result`` under ``results/<batch_key>`` and publish its ref sidecar (last, atomically)."""
-    ref = write_payload(
-        result.model_dump(mode="json"),
-        base_url,
-        "msgpack",
-        name=f"{RESULTS_PREFIX}/{_check_key(batch_key)}",
-        inline_max_bytes=0,  # the sidecar points at stored bytes; no need to duplicate them inline
-    )
-    # The sidecar is written after the payload, so whoever sees it can read the payload.
-    storage.write_atomic(result_ref_uri(batch_key, base_url), ref.model_dump_json().encode())
-    return ref
-
-
-def read_batch_result(batch_key: str, base_url: str | None = None) -> tuple[PayloadRef, BatchResult] | None:
-    """The stored result of ``batch_key``, or None when there is none yet.
-
-    Raises:
-        PayloadError: The sidecar or payload exists but cannot be read (corrupt, unreadable).
-    """
-    uri = result_ref_uri(batch_key, base_url)
-    if not storage.exists(uri):
-        return None
-    raw = bytes(memoryview(storage.read_bytes(uri)))
-    try:
-        ref = PayloadRef.model_validate(json.loads(raw))
-    except ValueError as exc:
-        raise PayloadError(f"corrupt batch-result sidecar: {exc}", uri=uri) from exc
-    return ref, BatchResult.model_validate(read_payload(ref))
 
 
 def execute_step_batch(
