@@ -85,9 +85,43 @@ def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
             "actual ms": r.actual_ms,
             "error %": r.error_pct if r.error_pct is not None else "-",
             "estimate": r.estimate_source,
+            # Tokens and cost, estimated (learned per module and model) vs actual (issue 12).
+            **_usage_columns(r),
         }
         for r in records
     ]
+
+
+def _usage_lines(summary: Any) -> list[str]:
+    """The summary's LM usage lines (tokens, cost, reused rows, why the run stopped)."""
+    usage = getattr(summary, "usage", None)
+    if usage is None:
+        return []
+    cost = f"${usage.cost_usd:.6f}" if usage.cost_usd is not None else "unknown"
+    if usage.unpriced_models:
+        cost += f" (no price for {', '.join(usage.unpriced_models)})"
+    lines = [
+        f"- LM usage: **{usage.prompt_tokens}** prompt + **{usage.completion_tokens}** completion tokens, "
+        f"{usage.requests} requests, cost **{cost}**; reused rows: {getattr(summary, 'reused_rows', 0)}"
+    ]
+    if getattr(summary, "stopped", None):
+        lines.append(f"- stopped early: {summary.stopped} ({summary.not_attempted} rows not attempted)")
+    return lines
+
+
+def _usage_columns(record: Any) -> dict[str, Any]:
+    usage = getattr(record, "usage", None)
+    if usage is None:
+        return {}
+    estimated_tokens = getattr(record, "estimated_tokens", None)
+    estimated_cost = getattr(record, "estimated_cost_usd", None)
+    return {
+        "estimated tokens": round(estimated_tokens) if estimated_tokens is not None else "-",
+        "actual tokens": usage.prompt_tokens + usage.completion_tokens,
+        "estimated cost USD": round(estimated_cost, 6) if estimated_cost is not None else "-",
+        "actual cost USD": round(usage.cost_usd, 6) if usage.cost_usd is not None else "-",
+        "reused rows": getattr(record, "reused_rows", 0),
+    }
 
 
 def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> Any:
@@ -111,6 +145,7 @@ def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any],
         f"- rows in: **{summary.rows_in}**, completed: **{summary.rows_out}**, failed: **{summary.failed}**",
         f"- routed steps: estimated **{estimated:.0f} ms**, actual **{actual:.0f} ms**",
         f"- wall time: **{summary.wall_ms:.0f} ms**",
+        *_usage_lines(summary),
         f"- output payload: `{output_uri}`",
         "",
         "| step | pool | why |",

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dspex.redact import redact
 from dspex.settings import Settings
 from flows import events, metrics
-from flows.estimate import learn_usage, lm_model
+from flows.estimate import expected_usage, learn_usage, lm_model
 from flows.executors import BatchExecutor, BatchRequest, LocalExecutor
 from flows.router import RouteDecision, route_step
 from flows.spec import (
@@ -83,6 +83,12 @@ class StepRecord(BaseModel):
     reason: str = "native steps run inline in the flow"
     reused_rows: int = 0
     usage: Usage = Field(default_factory=Usage, description="LM tokens and cost this step paid for.")
+    estimated_tokens: float | None = Field(
+        default=None, description="Tokens the registry's learned figures expected (None: none learned)."
+    )
+    estimated_cost_usd: float | None = Field(
+        default=None, description="Cost the learned figures expected (None: none learned, or unpriced)."
+    )
 
 
 @dataclass
@@ -275,9 +281,13 @@ def _module_step(
                 for key, value in output.items():
                     set_field(rows[i], key, value)
     _learn(decision, results)
-    learn_usage(decision.module, lm_model(ctx.lm, ctx.settings), results)
+    model = lm_model(ctx.lm, ctx.settings)
+    expected = expected_usage(decision.module, model, len(active))  # before this step's own samples
+    learn_usage(decision.module, model, results)
     metrics.observe_batches(step.name, results)
-    ctx.records.append(_record(step, decision, chunks, rows, actual_ms, reused, results))
+    record = _record(step, decision, chunks, rows, actual_ms, reused, results)
+    record.estimated_tokens, record.estimated_cost_usd = expected
+    ctx.records.append(record)
 
 
 def _row_chars(step: Any, rows: list[dict[str, Any]], active: list[int]) -> int | None:

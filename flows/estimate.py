@@ -27,6 +27,7 @@ __all__ = [
     "PipelineEstimate",
     "StepEstimate",
     "estimate_pipeline",
+    "expected_usage",
     "learn_usage",
     "lm_model",
     "prior_cost_per_row",
@@ -73,6 +74,21 @@ def learn_usage(module: str, model: str, results: Iterable[BatchResult | BaseExc
         )
         recorded += 1
     return recorded
+
+
+def expected_usage(module: str, model: str, rows: int) -> tuple[float | None, float | None]:
+    """Tokens (prompt + completion) and cost that ``rows`` rows of ``module`` on ``model`` are expected
+    to take, from the learned figures; (None, None) when none are learned (cost None when unpriced)."""
+    import registry
+
+    try:
+        learned = registry.token_estimate(module, model)
+    except Exception:  # an unknown module has no figures; an estimate must never fail a run
+        return None, None
+    if learned is None:
+        return None, None
+    tokens = round((learned.prompt_tokens + learned.completion_tokens) * rows, 1)
+    return tokens, None if learned.cost_usd is None else learned.cost_usd * rows
 
 
 def _routed(steps: list[Any]) -> list[Any]:

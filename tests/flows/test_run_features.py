@@ -18,6 +18,7 @@ from support.openai_server import FakeOpenAIServer, openai_server
 
 from dspex.exceptions import BudgetExceededError, RunInterruptedError
 from flows import PipelineSpec, run_pipeline
+from flows.artifacts import duration_rows
 from flows.pools import shutdown_local_pools
 from tasks.payloads import PayloadRef, read_rows
 from tasks.usage import price
@@ -73,6 +74,14 @@ def test_usage_totals_match_what_the_server_served(server: FakeOpenAIServer) -> 
     (record,) = result.summary.steps
     assert record.usage == usage  # the step's own figures; one step, so the same as the run's
     assert "sk-test" not in result.summary.model_dump_json()
+    # The next run's step estimates tokens and cost from what this one taught the registry.
+    second = run_pipeline(_spec(batch_size=3), data=_rows(3, start=100), lm=_lm(server), mode="local")
+    (learned,) = second.summary.steps
+    assert learned.estimated_tokens == pytest.approx(learned.usage.total_tokens, rel=0.2)
+    assert learned.estimated_cost_usd == pytest.approx(learned.usage.cost_usd, rel=0.2)
+    (table_row,) = duration_rows(second.summary.steps)
+    assert table_row["actual tokens"] == learned.usage.total_tokens
+    assert table_row["estimated cost USD"] != "-" and table_row["actual cost USD"] != "-"
 
 
 def test_a_rerun_reuses_every_completed_row_with_the_cache_off(server: FakeOpenAIServer) -> None:
