@@ -57,12 +57,21 @@ def module_class(name: str) -> type:
         path = f"{module_name}:{attr}"
     what = "user program" if info.metadata.source == "user" else "module"
     try:
-        obj: Any = load_attribute(path, also_allowed=_DSPY_ROOTS, what=what)
+        allowed = (*_DSPY_ROOTS, "tasks") if path in _pattern_paths() else _DSPY_ROOTS
+        obj: Any = load_attribute(path, also_allowed=allowed, what=what)
     except (ImportError, AttributeError) as exc:
         raise PipelineSpecError(f"cannot load module {name!r} from {path!r}: {exc}") from exc
     if not isinstance(obj, type):
         raise PipelineSpecError(f"{name!r} ({path}) is not a class")
     return obj
+
+
+def _pattern_paths() -> frozenset[str]:
+    """The exact import paths of DSPex's own pattern modules (`tasks.patterns`), from the catalogue's
+    code, never from a registry file: allowed like DSPy's classes, and nothing else under ``tasks``."""
+    from registry.catalogue import pattern_modules
+
+    return frozenset(m.metadata.import_path for m in pattern_modules() if m.metadata.import_path)
 
 
 def program_class(name: str) -> type[dspy.Module]:
@@ -80,7 +89,8 @@ def program_class(name: str) -> type[dspy.Module]:
             f"{name!r} is {cls.__module__}.{cls.__qualname__}, not a dspy.Module subclass"
         )
     root = str(getattr(cls, "__module__", "")).split(".")[0]
-    if root not in _DSPY_ROOTS and root not in trusted_roots():
+    own = f"{cls.__module__}:{cls.__qualname__}" in _pattern_paths()
+    if not own and root not in _DSPY_ROOTS and root not in trusted_roots():
         raise UntrustedImportError(
             f"{name!r} resolves to {cls.__module__}.{cls.__qualname__}, defined outside the trusted roots"
         )
