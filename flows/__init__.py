@@ -1,7 +1,7 @@
 """How do units compose into a pipeline?
 
 The pipeline spec, the engine, the router's execution side, ready-made flows (``run-pipeline``,
-``rag-qa``, ``batch-predict``, ``evaluate``, ``optimize``), and the ``run-step`` flow that a pool
+``rag-qa``, ``batch-predict``, ``evaluate``, ``optimize``, ``tune``), and the ``run-step`` flow that a pool
 executes in distributed mode.
 """
 
@@ -13,6 +13,8 @@ from flows.pipeline import PipelineResult, PipelineSummary, run_pipeline
 from flows.rag import RagResult, rag_qa
 from flows.spec import PipelineSpec
 from flows.streaming import PipelineStream, stream_pipeline
+from flows.tune import TuneResult, tune_pipeline
+from flows.variables import Variable, resolve_spec
 
 __all__ = [
     "BatchPredictResult",
@@ -23,10 +25,14 @@ __all__ = [
     "PipelineStream",
     "PipelineSummary",
     "RagResult",
+    "TuneResult",
+    "Variable",
     "batch_predict",
     "evaluate_program",
     "optimize_program",
     "rag_qa",
+    "resolve_spec",
     "run_pipeline",
     "stream_pipeline",
+    "tune_pipeline",
 ]
