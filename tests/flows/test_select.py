@@ -158,3 +158,31 @@ def _home() -> Path:
     from dspex.settings import get_settings
 
     return Path(get_settings().home)
+
+
+def test_without_a_metric_an_lm_judge_scores_the_sampled_rows():
+    from dspy.utils.dummies import DummyLM
+
+    from flows.select import _row_scorer
+
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "j",
+            "steps": [
+                {
+                    "select": {
+                        "candidates": [
+                            {"name": "a", "module": "dspy.Predict", "signature": "question -> answer"},
+                            {"name": "b", "module": "dspy.ChainOfThought", "signature": "question -> answer"},
+                        ]
+                    }
+                }
+            ],
+        }
+    )
+    step = spec.steps[0]
+    lm = DummyLM([{"score": "0.75"}])
+    score = _row_scorer(step, lm)({"question": "q1", "answer": "a1"}, step.select.candidates[0])
+    assert score == 0.75
+    prompt = lm.history[0]["messages"][-1]["content"]
+    assert "question: q1" in prompt and "answer: a1" in prompt
