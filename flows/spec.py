@@ -1,6 +1,6 @@
 """The pipeline spec: a JSON-able description of a pipeline that the Prefect UI renders as a form.
 
-A pipeline is a name and a list of steps. Each step is one of six kinds, told apart by its head key
+A pipeline is a name and a list of steps. Each step is one of seven kinds, told apart by its head key
 (or an explicit ``kind``), so the smallest pipeline reads as plainly as it can::
 
     {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
@@ -14,6 +14,7 @@ retrieve       ``retrieve: "question"``           adds the top-k passages for th
 parallel       ``parallel: {branch: [steps]}``    runs branches on the same row, nests results
 conditional    ``when: {field, op, value}``       runs ``then`` or ``otherwise``; records the path
 map            ``map: "field"``                   runs ``steps`` over each item of a list field
+select         ``select: {candidates: [...]}``    runs the candidate a bandit picks, per batch
 =============  ===============================  ==============================================
 
 Rows are dicts. A field reference may be dotted (``"cot.answer"``) to read what a parallel branch
