@@ -89,6 +89,15 @@ class _StepBase(BaseModel):
             raise ValueError(f"step name {value!r} must match {_NAME.pattern}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_other_kinds_blank_fields(cls, data: Any) -> Any:
+        # The UI's step form (flows/forms.py) shows the fields of every kind and submits the ones a
+        # person left alone as blanks: drop those; any *filled* foreign field is still an error.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if (k in cls.model_fields and k != "kind") or not _blank(v)}
+        return data
+
     def default_name(self) -> str:
         """The name this step gets when the spec does not give one."""
         raise NotImplementedError
@@ -444,13 +453,17 @@ class SelectStep(_StepBase):
         return sorted(inner)
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
+
+
 def _step_kind(value: Any) -> str | None:
-    """Tell a step's kind from its explicit ``kind`` or its head key."""
+    """Tell a step's kind from its explicit ``kind`` or its (non-blank) head key."""
     if isinstance(value, BaseModel):
         return getattr(value, "kind", None)
     if not isinstance(value, dict):
         return None
-    if "kind" in value:
+    if not _blank(value.get("kind")):
         return str(value["kind"])
     for key, kind in (
         ("module", "module"),
@@ -461,7 +474,7 @@ def _step_kind(value: Any) -> str | None:
         ("map", "map"),
         ("select", "select"),
     ):
-        if key in value:
+        if not _blank(value.get(key)):
             return kind
     return None
 

@@ -2,21 +2,30 @@
 
 Every process it starts is stopped by `Cluster.close` (terminate, then kill), which the fixtures call
 in ``finally``. The server gets its own PREFECT_HOME; workers and the test share one payload folder.
+Distributed mode's documented database is PostgreSQL (docs/deployment.md): `Postgres` runs Debian's
+``postgresql`` on loopback in a throwaway data folder (``.ci/run`` installs it), as its own user when
+the tests run as root, and `Cluster` points the server at it with
+``PREFECT_API_DATABASE_CONNECTION_URL``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["REPO", "Cluster", "free_port"]
+import pytest
+
+__all__ = ["REPO", "Cluster", "Postgres", "free_port", "server_tracebacks"]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -28,10 +37,79 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class Postgres:
+    """A PostgreSQL server on loopback in a temporary data folder (trust auth, no fsync: tests only)."""
+
+    def __init__(self) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            reason = (
+                "PostgreSQL is not installed (Debian: apt-get install -y postgresql; .ci/run installs it)"
+            )
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"CI=true but {reason}")
+            pytest.skip(reason)
+        self.pg_ctl = pg_ctl
+        # Not under pytest's tmp folder: PostgreSQL runs as its own user, which must reach the folder.
+        self.root = Path(tempfile.mkdtemp(prefix="dspex-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run([initdb, "-D", str(self.data), "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        options = (
+            f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
+        self._run(
+            [
+                pg_ctl,
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.root / "postgres.log"),
+                "-w",
+                "start",
+            ]
+        )
+        self.url = f"postgresql+asyncpg://prefect@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, args: list[str]) -> None:
+        done = subprocess.run([*self.as_user, *args], capture_output=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} failed: {(done.stdout + done.stderr).decode(errors='replace')[-2000:]}"
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def server_tracebacks(log: str) -> list[str]:
+    """The tracebacks in a server log, each with a few lines of context (empty when clean)."""
+    lines = log.splitlines()
+    return ["\n".join(lines[max(i - 2, 0) : i + 12]) for i, line in enumerate(lines) if "Traceback" in line]
+
+
 class Cluster:
     """A Prefect server with the dspex pools, run-step deployments and workers."""
 
-    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, extra_env: dict[str, str] | None = None, database_url: str | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
@@ -49,6 +127,7 @@ class Cluster:
                 "DSPEX_PAYLOAD_URL": str(self.payloads),
                 "PYTHONPATH": str(REPO),
             }
+            | ({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {})
             | (extra_env or {})
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -63,9 +142,9 @@ class Cluster:
         self.procs[key] = proc
         return proc
 
-    def log(self, key: str) -> str:
+    def log(self, key: str, tail: int = 4000) -> str:
         path = self.logs / f"{key}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def run(self, *args: str, timeout: float = 180) -> str:
         done = subprocess.run(
@@ -103,6 +182,12 @@ class Cluster:
         """Create the pools (dspex type) and deploy everything in prefect.yaml."""
         self.run(str(BIN / "dspex"), "pools", "create")
         self.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", timeout=300)
+
+    def start_prefect_worker(self, pool: str, name: str) -> subprocess.Popen[bytes]:
+        """``prefect worker start --pool POOL``: the command Prefect itself prints after a deploy."""
+        return self._spawn(
+            f"worker-{name}", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name]
+        )
 
     def start_worker(self, pool: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
         args = [

@@ -2,7 +2,7 @@
 
 ``prefect server start`` runs on loopback (the e2e cluster helper, its own PREFECT_HOME); a small
 pipeline runs against it in local mode (PREFECT_API_URL set, so not the embedded server); then
-Debian's ``chromium`` loads the flow run's page (its Artifacts tab), the ``duration-estimates`` key's
+Debian's ``chromium`` loads the flow run's page (its Artifacts tab), the ``duration-estimates-ui-check`` key's
 page (a timeline of that key's artifacts) and the artifact's own page, which renders the table. The UI
 is a Vue single-page app that fetches everything after load, so the test drives Chromium over the
 DevTools protocol (``--remote-debugging-port``, a small client on ``websockets``): it waits until the
@@ -39,6 +39,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from websockets.sync.client import ClientConnection, connect
 
 from flows import PipelineSpec, run_pipeline
+from flows.artifacts import duration_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -55,6 +56,7 @@ CHROMIUM_FLAGS = [
     "--remote-allow-origins=*",
 ]
 PAGE_TIMEOUT_S = 60.0
+KEY = duration_key("ui-check")  # one key per pipeline: its timeline is this pipeline's history
 
 
 def chromium_binary() -> str:
@@ -206,29 +208,29 @@ def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser
 
     # The flow run's page, on its Artifacts tab: the run, and a TABLE card for duration-estimates.
     text = browser.open_and_wait(
-        f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, "duration-estimates"], tab="Artifacts"
+        f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, KEY], tab="Artifacts"
     )
-    assert "Completed" in text and re.search(r"TABLE\s+duration-estimates", text), text[:3000]
+    assert "Completed" in text and re.search(rf"TABLE\s+{KEY}", text), text[:3000]
     assert browser.screenshot(tmp_path / "flow-run.png").stat().st_size > 10_000
 
-    # The key's page: the timeline of duration-estimates, whose entry is this run's artifact.
+    # The key's page: the timeline of this pipeline's duration tables, whose entry is this run's artifact.
     with (
         temporary_settings(updates={PREFECT_API_URL: server.api_url}),
         get_client(sync_client=True) as client,
     ):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["duration-estimates"]),
+                key=ArtifactFilterKey(any_=[KEY]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
             )
         )
     assert len(artifacts) == 1
     artifact = artifacts[0]
     browser.open_and_wait(
-        f"{server.ui_url}/artifacts/key/duration-estimates",
+        f"{server.ui_url}/artifacts/key/{KEY}",
         ["pipeline 'ui-check'", str(artifact.id)[:8], run.name],
     )
-    assert browser.screenshot(tmp_path / "duration-estimates-key.png").stat().st_size > 10_000
+    assert browser.screenshot(tmp_path / "duration-key.png").stat().st_size > 10_000
 
     # The artifact's page renders the table: its columns and the step's row.
     text = browser.open_and_wait(

@@ -28,18 +28,25 @@ def schema_of(flow):
     return parameter_schema(flow.fn).model_dump()
 
 
-def test_form_union_publishes_a_discriminated_union_as_any_of():
+def test_form_union_publishes_a_discriminated_union_as_one_object_form():
     class A(BaseModel):
         kind: Literal["a"] = "a"
         x: int = 0
+        shared: str = Field(default="s", description="Shared.")
 
     class B(BaseModel):
         kind: Literal["b"] = "b"
-        y: str = ""
+        y: list[A] = Field(default_factory=list)
+        shared: str | None = Field(default=None, description="Shared.")
 
-    adapter = TypeAdapter(list[Annotated[A | B, Field(discriminator="kind"), FormUnion()]])
+    adapter = TypeAdapter(list[Annotated[A | B, Field(discriminator="kind"), FormUnion(title="Item")]])
     schema = adapter.json_schema()
-    assert "anyOf" in schema["items"] and "oneOf" not in json.dumps(schema)
+    item = schema["$defs"]["Item"]
+    assert schema["items"] == {"$ref": "#/$defs/Item"}
+    assert item["type"] == "object" and item["properties"]["kind"]["enum"] == ["a", "b"]
+    assert "required" not in item and all("default" not in p for p in item["properties"].values())
+    assert item["properties"]["shared"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert item["properties"]["shared"]["description"].startswith("a, b: Shared.")
     assert [type(v).__name__ for v in adapter.validate_python([{"kind": "b"}, {"kind": "a"}])] == ["B", "A"]
 
 
@@ -56,20 +63,60 @@ def test_no_parameter_of_a_user_facing_flow_is_a_raw_json_box(flow):
         )
 
 
-def test_steps_are_a_choice_of_step_forms_and_mode_and_lm_are_typed():
+def test_steps_are_one_form_with_a_kind_choice_and_mode_and_lm_are_typed():
     schema = schema_of(run_pipeline)
-    steps = schema["definitions"]["PipelineSpec"]["properties"]["steps"]["items"]
-    kinds = [option["$ref"].rsplit("/", 1)[1] for option in steps["anyOf"]]
-    assert kinds[:3] == ["ModuleStep", "NativeStep", "RetrieveStep"]
-    for kind in kinds:  # each option is a form with its own fields and a literal kind tag
-        definition = schema["definitions"][kind]
-        assert definition["type"] == "object" and "kind" in definition["properties"]
+    assert schema["definitions"]["PipelineSpec"]["properties"]["steps"]["items"] == {
+        "$ref": "#/definitions/Step"
+    }
+    step = schema["definitions"]["Step"]
+    assert step["type"] == "object"  # an array item with a type: the UI renders it as fields
+    assert step["properties"]["kind"]["enum"][:6] == [
+        "module",
+        "native",
+        "retrieve",
+        "parallel",
+        "conditional",
+        "map",
+    ]
+    assert {"module", "signature", "native", "metric", "retrieve", "k", "when", "then", "map"} <= set(
+        step["properties"]
+    )
+    nested = step["properties"]["then"]["items"]
+    assert nested == {"$ref": "#/definitions/Step"}  # a step's own steps are the same form, recursively
     assert schema["properties"]["mode"]["enum"] == ["auto", "local", "distributed"]
     assert schema["properties"]["mode"]["default"] == "auto"
     lm = schema["properties"]["lm"]
     assert [o.get("$ref", o.get("type")) for o in lm["anyOf"]] == ["#/definitions/LMConfig", "null"]
     fields = schema["definitions"]["LMConfig"]["properties"]
     assert set(fields) == {"model", "api_base", "temperature", "api_key_block"}  # never a key
+
+
+def test_the_server_side_schema_check_accepts_every_valid_spec_and_the_form_output():
+    # Prefect validates a deployment run's parameters against this schema before the flow starts.
+    import jsonschema
+
+    schema = schema_of(run_pipeline)
+    spec = {
+        "name": "nested",
+        "steps": [
+            {"retrieve": "question", "k": 2},
+            {"module": "dspy.Predict", "signature": "context, question -> answer"},
+            {"parallel": {"a": [{"module": "dspy.Predict", "signature": "question -> short"}]}},
+            {
+                "when": {"field": "answer", "op": "truthy"},
+                "then": [{"kind": "native", "native": "template", "template": "{{ answer }}", "output": "t"}],
+            },
+            {
+                "map": "context",
+                "item": "passage",
+                "steps": [{"native": "template", "template": "{{ passage }}", "output": "p"}],
+            },
+        ],
+    }
+    jsonschema.validate({"spec": spec}, schema)
+    PipelineSpec.model_validate(spec)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"spec": {"name": "bad", "steps": [{"kind": "nope"}]}}, schema)
 
 
 def test_specs_with_head_keys_and_with_explicit_kinds_both_validate():
@@ -97,3 +144,26 @@ def test_specs_with_head_keys_and_with_explicit_kinds_both_validate():
         }
     )
     assert [s.kind for s in tagged.steps] == ["retrieve", "module"]
+
+
+def test_what_the_step_form_submits_validates_and_a_filled_foreign_field_still_fails():
+    # The Run form's values for a native step: every other kind's fields left blank (None, {}, []).
+    submitted = {
+        "kind": "native",
+        "native": "template",
+        "template": "Q: {{ question }}",
+        "output": "card",
+        "module": None,
+        "signature": None,
+        "options": {},
+        "tools": [],
+        "when": None,
+        "then": [],
+        "k": None,
+    }
+    spec = PipelineSpec.model_validate({"name": "form", "steps": [submitted]})
+    assert spec.steps[0].kind == "native" and spec.steps[0].output == "card"
+    blank_kind = {"kind": "", "module": "dspy.Predict", "signature": "question -> answer", "native": None}
+    assert PipelineSpec.model_validate({"name": "f", "steps": [blank_kind]}).steps[0].kind == "module"
+    with pytest.raises(ValueError, match="module"):
+        PipelineSpec.model_validate({"name": "f", "steps": [{**submitted, "module": "dspy.Predict"}]})
