@@ -93,19 +93,35 @@ def run(
         "auto", help="auto (pools with live workers, else here; DSPEX_MODE wins), local or distributed."
     ),
     continue_on_error: bool | None = typer.Option(None, "--continue-on-error/--fail-fast"),
+    resume: bool | None = typer.Option(
+        None, "--resume/--no-resume", help="Reuse rows earlier runs completed (default: DSPEX_RESUME, on)."
+    ),
+    max_cost_usd: float | None = typer.Option(
+        None, "--max-cost-usd", min=0.0, help="Stop dispatching before the LM cost would pass this (USD)."
+    ),
 ) -> None:
     """Run a pipeline spec file over a dataset."""
     import yaml
     from pydantic import ValidationError
 
-    from dspex.exceptions import DSPexError
+    from deployments.cli.stopped import report_stopped, usage_line
+    from dspex.exceptions import DSPexError, RunStoppedError
     from flows import PipelineSpec, run_pipeline
 
     text = spec_file.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text) if spec_file.suffix in {".yaml", ".yml"} else json.loads(text)
         spec = PipelineSpec.model_validate(raw)
-        result = run_pipeline(spec, data=data, mode=mode, continue_on_error=continue_on_error)  # type: ignore[arg-type]  # Flow validates mode
+        result = run_pipeline(  # type: ignore[call-overload]  # the Flow validates mode
+            spec,
+            data=data,
+            mode=mode,
+            continue_on_error=continue_on_error,
+            resume=resume,
+            max_cost_usd=max_cost_usd or None,
+        )
+    except RunStoppedError as exc:  # a signal or the budget: partial output kept (issue 12)
+        report_stopped(exc, console)
     except (ValidationError, DSPexError, yaml.YAMLError, json.JSONDecodeError) as exc:
         # A typo or a bad file is the user's to fix: say what and where, without a traceback.
         console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}")
@@ -115,6 +131,7 @@ def run(
         f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed; "
         f"output: {result.output.uri}"
     )
+    console.print(usage_line(result.summary.usage, result.summary.reused_rows))
     _where_to_look()
 
 
