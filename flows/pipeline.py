@@ -26,9 +26,10 @@ from flows.interrupts import handle_signals
 from flows.metrics import RunMetrics, build_metrics, collect
 from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
+from flows.safekeeping import keep_partial, prepare_input_rows, row_number, store_output
 from flows.spec import ModuleStep, PipelineSpec
 from tasks import tracing
-from tasks.payloads import PayloadRef, read_rows, write_payload
+from tasks.payloads import PayloadRef, read_rows
 from tasks.usage import Usage
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
@@ -106,9 +107,8 @@ def load_rows(data: Any) -> list[dict[str, Any]]:
 
         return load_demo_questions("all")
     if isinstance(data, str):
-        from tasks.payloads import Dataset
-
-        return Dataset.from_path(data).to_rows()
+        # A PayloadRef's JSON, a stored payload file (the output path a run prints), or a dataset file.
+        return read_rows(data)
     to_dict = getattr(data, "to_dict", None)
     if callable(to_dict) and hasattr(data, "columns"):  # a pandas DataFrame
         return [dict(r) for r in data.to_dict(orient="records")]
@@ -248,26 +248,29 @@ def run_pipeline(
 
         ctx.executor = RemoteExecutor(settings, stop=ctx.stopping, store=ctx.resume)
     check_pools(spec.steps, ctx)
-    for i, row in enumerate(rows):
-        row.setdefault("_row", i)
+    prepare_input_rows(rows)  # reserved _error/_row on input are kept aside, never crash the run (issue 13)
     lm_model = str(lm_info.get("model"))
-    with (
-        events.run_scope(spec.name, lm_model, settings=settings),
-        collect() as collected,
-        tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
-        handle_signals(ctx.halt),  # SIGINT/SIGTERM: stop dispatching, let running rows finish (issue 12)
-    ):
-        if pipelined:
-            from flows.streaming import run_pipelined
+    try:
+        with (
+            events.run_scope(spec.name, lm_model, settings=settings),
+            collect() as collected,
+            tracing.trace_run(spec.name, settings=settings, rows=len(rows), lm_model=lm_model),
+            handle_signals(ctx.halt),  # SIGINT/SIGTERM: stop dispatching, let running rows finish (issue 12)
+        ):
+            if pipelined:
+                from flows.streaming import run_pipelined
 
-            run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
-        else:
-            run_steps(spec.steps, rows, ctx)
+                run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
+            else:
+                run_steps(spec.steps, rows, ctx)
+    except BaseException as exc:  # completed rows are stored, and the error names the file (issue 13)
+        keep_partial(rows, exc)
+        raise
 
     run_control.mark_unreached(spec.steps, rows, ctx)
     failures = [
         RowFailure(
-            row=int(r.get("_row", i)),
+            row=row_number(r, i),
             step=r[ERROR_FIELD]["step"],
             type=r[ERROR_FIELD]["type"],
             message=r[ERROR_FIELD]["message"],
@@ -275,7 +278,7 @@ def run_pipeline(
         for i, r in enumerate(rows)
         if ERROR_FIELD in r
     ]
-    output = write_payload(rows, name=None)
+    output = store_output(rows)  # always a file a user can open, never inline-only (issue 13)
     summary = PipelineSummary(
         pipeline=spec.name,
         mode=settings.mode,

@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deployments.cli.registry import app as registry_app
@@ -36,15 +37,16 @@ def settings_command(
     table.add_column("setting")
     table.add_column("value")
     for key in sorted(values):
-        table.add_row(key, "" if values[key] is None else str(values[key]))
+        table.add_row(key, "" if values[key] is None else escape(str(values[key])))
     console.print(table)
 
 
 def _register_commands() -> None:
-    from deployments.cli import demo, distributed, estimate, health
+    from deployments.cli import demo, distributed, estimate, health, show
 
     demo.register(app)
     distributed.register(app)
+    show.register(app)
     health.register(app)
     estimate.register(app)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["demo", "register", "run", "ui"]
@@ -89,6 +91,12 @@ def demo(
 def run(
     spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline spec (JSON or YAML)."),
     data: str = typer.Argument(..., help="Dataset path or URL (JSONL, CSV, Parquet)."),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write the output rows here: .jsonl, .parquet or .csv (default: <DSPEX_HOME>/outputs/<pipeline>-<time>.jsonl).",
+    ),
     mode: str = typer.Option(
         "auto", help="auto (pools with live workers, else here; DSPEX_MODE wins), local or distributed."
     ),
@@ -104,14 +112,13 @@ def run(
     import yaml
     from pydantic import ValidationError
 
+    from deployments.cli.output import load_spec_file, partial_ref_of, print_error, write_run_output
     from deployments.cli.stopped import report_stopped, usage_line
     from dspex.exceptions import DSPexError, RunStoppedError
-    from flows import PipelineSpec, run_pipeline
+    from flows import run_pipeline
 
-    text = spec_file.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text) if spec_file.suffix in {".yaml", ".yml"} else json.loads(text)
-        spec = PipelineSpec.model_validate(raw)
+        spec = load_spec_file(spec_file)  # errors name the file (issue 13)
         result = run_pipeline(  # type: ignore[call-overload]  # the Flow validates mode
             spec,
             data=data,
@@ -124,12 +131,26 @@ def run(
         report_stopped(exc, console)
     except (ValidationError, DSPexError, yaml.YAMLError, json.JSONDecodeError) as exc:
         # A typo or a bad file is the user's to fix: say what and where, without a traceback.
-        console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}")
+        print_error(console, exc)  # user strings escaped: '[x]' or 'list[int' print as written
+        partial = partial_ref_of(exc)
+        if partial is not None:  # a run that failed midway: what it completed is in a file too
+            with contextlib.suppress(DSPexError):
+                kept = write_run_output(partial, output, spec.name)
+                console.print(f"completed rows written to {escape(kept)}")
         raise typer.Exit(2) from None
     console.print(_duration_table(result.summary.steps))
+    try:
+        written = write_run_output(result.output, output, spec.name)
+    except DSPexError as exc:  # e.g. --output x.csv with nested rows: the payload is still stored
+        print_error(console, exc)
+        console.print(f"the output is stored in {escape(result.output.uri)} (dspex show can export it)")
+        raise typer.Exit(2) from None
     console.print(
-        f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed; "
-        f"output: {result.output.uri}"
+        f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed"
+    )
+    # soft_wrap: the path stays on one line, so it can be copied (and parsed) as printed
+    console.print(
+        f"output: [bold]{escape(written)}[/bold] (payload {escape(result.output.uri)})", soft_wrap=True
     )
     console.print(usage_line(result.summary.usage, result.summary.reused_rows))
     _where_to_look()

@@ -22,6 +22,7 @@ from tasks.payloads.api import (
     write_payload,
 )
 from tasks.payloads.dataset import Dataset
+from tasks.payloads.files import export_rows
 from tasks.payloads.ref import Compression, PayloadFormat, PayloadKind, PayloadRef
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "choose_format",
     "decode_payload",
     "encode_payload",
+    "export_rows",
     "payload_exists",
     "payload_uri",
     "read_payload",

@@ -53,6 +53,7 @@ __all__ = [
     "payload_uri",
     "read_payload",
     "read_rows",
+    "rows_of_decoded",
     "write_payload",
 ]
 
@@ -436,16 +437,31 @@ def read_rows(ref: PayloadRef | Mapping[str, Any] | str) -> list[dict[str, Any]]
     fields; a dict of equal-length lists one dict per position, any other dict itself as one row;
     arrays and lists of non-dicts ``{"value": item}`` per item (array rows as lists).
 
+    Args:
+        ref: A `PayloadRef`, its dict or JSON, or a path: a stored payload file (``.msgpack``,
+            ``.arrow``) or a JSONL/CSV/Parquet file, such as the output path ``dspex run`` prints.
+
     Raises:
         The same errors as `read_payload`.
     """
+    if isinstance(ref, str) and not ref.lstrip().startswith("{"):
+        from tasks.payloads.files import rows_at
+
+        return rows_at(ref)
     payload_ref = _as_ref(ref)
     data = _load_bytes(payload_ref)
-    kind, raw, _meta = _decode_raw(data, payload_ref.format, payload_ref.compression, payload_ref.uri)
+    return rows_of_decoded(data, payload_ref.format, payload_ref.compression, payload_ref.uri)
+
+
+def rows_of_decoded(data: Any, format: str, compression: str, uri: str) -> list[dict[str, Any]]:
+    """The rows of verified payload bytes (see `read_rows`).
+
+    Raises:
+        PayloadCorruptError: Bytes that are not a valid payload of ``format``.
+    """
+    kind, raw, _meta = _decode_raw(data, format, compression, uri)
     if kind == "ndarray":
-        array = (
-            convert.ndarray_from_table(raw, _meta, uri=payload_ref.uri) if isinstance(raw, pa.Table) else raw
-        )
+        array = convert.ndarray_from_table(raw, _meta, uri=uri) if isinstance(raw, pa.Table) else raw
         return [{"value": item} for item in np.atleast_1d(array).tolist()]
     if isinstance(raw, pa.Table):
         return raw.to_pylist()
