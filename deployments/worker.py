@@ -56,6 +56,9 @@ __all__ = [
 #: Poll and heartbeat intervals of a dspex worker unless the user set Prefect's own variables.
 DEFAULT_QUERY_SECONDS = 0.5
 DEFAULT_HEARTBEAT_SECONDS = 5
+#: Flows a dspex worker imports as soon as it starts, so its first batch does not pay for importing
+#: DSPy and LiteLLM (seconds): the run-step flow every pool runs.
+PRELOAD_ENTRYPOINTS = ("flows/step_runner.py:run_step",)
 
 
 class DSPexJobConfiguration(BaseJobConfiguration):
@@ -129,6 +132,7 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
         disable_flow_heartbeats()
+        threading.Thread(target=self._preload, name="dspex-preload", daemon=True).start()
         if "PREFECT_WORKER_QUERY_SECONDS" in os.environ:
             await super().start(*args, **kwargs)
             return
@@ -139,6 +143,17 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         """Stop the run threads after the base worker's own cleanup."""
         await super().teardown(*exc_info)
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _preload(self) -> None:
+        """Import the `PRELOAD_ENTRYPOINTS` flows in the background while the worker registers."""
+        for entrypoint in PRELOAD_ENTRYPOINTS:
+            try:
+                loaded = load_entrypoint(entrypoint)
+            except ConfigurationError as exc:  # not this project's checkout: the first run imports it
+                self._logger.warning("could not preload %s: %s", entrypoint, exc)
+                continue
+            with self._flows_lock:
+                self._flows.setdefault(entrypoint, loaded)
 
     async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
         if flow_run.deployment_id is None:

@@ -119,3 +119,14 @@ def test_a_worker_started_by_prefect_sets_only_the_variables_the_user_left_unset
     cpu_env: dict[str, str] = {}
     apply_worker_defaults("optimizer", "o", cpu_env)
     assert cpu_env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_dspex_worker_preloads_the_run_step_flow_so_a_fresh_worker_is_fast(monkeypatch):
+    import os
+
+    # Building a worker sets missing worker variables in this process: keep the test's own.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    worker = DSPexWorker("general", name="preload-test")
+    assert worker.heartbeat_interval_seconds == 5  # Prefect's 30 s default would notice a dead worker late
+    worker._preload()
+    assert worker._flows["flows/step_runner.py:run_step"] is run_step
