@@ -17,7 +17,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from dspex.exceptions import InputValidationError, PayloadError, RunInterruptedError, StepExecutionError
+from dspex.exceptions import (
+    InputValidationError,
+    PayloadError,
+    RegistryError,
+    RunInterruptedError,
+    StepExecutionError,
+)
 from dspex.settings import Mode, get_settings
 from flows import events, run_control
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
@@ -301,7 +307,7 @@ def run_pipeline(
         events.run_summary(summary)
     try:
         registry.default_registry().save()
-    except (OSError, PayloadError) as exc:  # learned estimates are an optimization; say so, go on
+    except (OSError, PayloadError, RegistryError) as exc:  # learned estimates are an optimization; go on
         logger.warning("could not save the registry's learned estimates: %s", exc)
     logger.info(
         "pipeline %s: %d rows in, %d completed, %d failed; output %s",

@@ -49,17 +49,11 @@ from registry.models import (
     is_import_path,
     parse_module_info,
 )
-from registry.persistence import (
-    ObservationRecord,
-    RegistryFile,
-    TokenRecord,
-    UsageRecord,
-    read_registry_file,
-    write_registry_file,
-)
+from registry.persistence import RegistryFile, read_registry_file, write_registry_file
 from registry.routing import RoutingContext, RoutingRecommendation, context_bucket, parse_context, recommend
 from registry.sizing import InputSize, size_bucket
 from registry.snapshot import EMPTY, with_modules
+from registry.sync import Pending, build_snapshot, file_of, file_state, locked
 
 __all__ = ["DEFAULT_WINDOW", "ModuleRegistry"]
 
@@ -117,6 +111,9 @@ class ModuleRegistry:
         self._base: Mapping[str, ModuleInfo] = MappingProxyType(base)
         self._write_lock = threading.Lock()
         self._snapshot = with_modules(None, dict(base), frozenset())
+        # Changes since the last sync with the file, merged into it on save (registry.sync).
+        self._pending = Pending()
+        self._synced: tuple[int, int] | None = None
 
     # --- registration ---------------------------------------------------------------------------
     def register_module(self, info: ModuleInfo | Mapping[str, Any]) -> ModuleInfo:
@@ -137,6 +134,7 @@ class ModuleRegistry:
             modules = dict(current.modules)
             modules[record.name] = record
             self._snapshot = with_modules(current, modules, current.registered | {record.name})
+            self._pending.modules[record.name] = record
         return record
 
     def register_user_module(self, import_path: str, **fields: Any) -> ModuleInfo:
@@ -185,7 +183,13 @@ class ModuleRegistry:
         try:
             return self._snapshot.modules[name]
         except (KeyError, TypeError):
-            raise self._unknown(name) from None
+            pass
+        # Another process may have registered it since this one last read the file.
+        if isinstance(name, str) and self.refresh():
+            found = self._snapshot.modules.get(name)
+            if found is not None:
+                return found
+        raise self._unknown(name) from None
 
     def _unknown(self, name: object) -> UnknownModuleError:
         names = list(self._snapshot.modules)
@@ -377,8 +381,9 @@ class ModuleRegistry:
             usage = dict(current.usage)
             usage[name] = usage.get(name, Usage()).add(value, success=success, window=self.window)
             observations = current.observations
+            key: ObservationKey = (parsed_pool or info.pool_type, bucket)
+            self._pending.add_call(name, value, success, key)
             if success:
-                key: ObservationKey = (parsed_pool or info.pool_type, bucket)
                 series = dict(observations.get(name, EMPTY))
                 old = series.get(key)
                 series[key] = old.add(value, self.window) if old else Series.of((value,))
@@ -427,6 +432,7 @@ class ModuleRegistry:
             tokens = dict(current.tokens)
             tokens[key] = old.add(sample, self.window) if old else TokenSeries((sample,))
             self._snapshot = replace(current, tokens=MappingProxyType(tokens))
+            self._pending.tokens.setdefault(key, []).append(sample)
 
     def token_estimate(self, name: str, model: str) -> TokenEstimate | None:
         """Expected tokens and cost of one row of ``name`` on ``model``; None before any was recorded."""
@@ -435,53 +441,46 @@ class ModuleRegistry:
 
     # --- persistence ----------------------------------------------------------------------------
     def to_file(self) -> RegistryFile:
-        """The registry's persistent state: registered modules, observations, usage."""
-        snapshot = self._snapshot
-        return RegistryFile(
-            modules=[snapshot.modules[name] for name in snapshot.modules if name in snapshot.registered],
-            observations=[
-                ObservationRecord(module=name, pool=pool, bucket=bucket, samples_ms=list(series.samples))
-                for name, by_key in snapshot.observations.items()
-                for (pool, bucket), series in by_key.items()
-            ],
-            usage=[
-                UsageRecord(module=name, calls=u.calls, failures=u.failures, durations_ms=list(u.durations))
-                for name, u in snapshot.usage.items()
-            ],
-            tokens=[
-                TokenRecord(
-                    module=name,
-                    model=model,
-                    prompt_tokens=[p for p, _, _ in series.samples],
-                    completion_tokens=[c for _, c, _ in series.samples],
-                    cost_usd=[cost for _, _, cost in series.samples],
-                )
-                for (name, model), series in snapshot.tokens.items()
-            ],
-        )
+        """The registry's persistent state: registered modules, observations, usage, tokens."""
+        return file_of(self._snapshot)
 
     def save(self, path: Path | str | None = None) -> Path:
-        """Write the persistent state to the registry file, atomically.
+        """Merge this registry's changes into the registry file, under its lock (`registry.sync`).
+
+        The file is read as it is now (another process may have saved since), this process's
+        registrations and samples since its last sync are applied on top, and the result is
+        written atomically and becomes this registry's state: nothing another process saved is
+        erased, and this process sees it from now on.
 
         Args:
-            path: Where to write; defaults to `path`.
+            path: Where to write; defaults to `path` (another path gets the merge too, but this
+                registry keeps its pending changes for its own file).
 
         Returns:
             The file written.
 
         Raises:
-            RegistryPersistenceError: The file cannot be written.
+            RegistryPersistenceError: The file is corrupt (a backup is kept), locked too long, or
+                cannot be written.
         """
         target = Path(path) if path is not None else self.path
-        write_registry_file(target, self.to_file())
+        own = target == self.path
+        with locked(target), self._write_lock:
+            data = read_registry_file(target) if target.exists() else None
+            snapshot = build_snapshot(data, self._base, self._pending, self.window, target)
+            write_registry_file(target, file_of(snapshot))
+            if own:
+                self._snapshot = snapshot
+                self._pending = Pending()
+                self._synced = file_state(target)
         return target
 
     def load(self, path: Path | str | None = None) -> None:
         """Replace the registered modules, observations and usage with those of a registry file.
 
-        The catalogue (core and discovered) stays; persisted registrations override it. Observations
-        or usage of a module that no longer exists (a ``dspy`` upgrade removed it) are dropped, with a
-        warning.
+        The catalogue (core and discovered) stays; persisted registrations override it; changes not
+        saved yet are dropped (`refresh` keeps them). Observations or usage of a module that no
+        longer exists (a ``dspy`` upgrade removed it) are dropped, with a warning.
 
         Args:
             path: The file; defaults to `path`.
@@ -492,45 +491,30 @@ class ModuleRegistry:
         source = Path(path) if path is not None else self.path
         if not source.exists():
             raise RegistryPersistenceError(f"no registry file at {source}")
+        state = file_state(source)
         data = read_registry_file(source)
         with self._write_lock:
-            modules = dict(self._base)
-            for record in data.modules:
-                modules[record.name] = record
-            observations: dict[str, dict[ObservationKey, Series]] = {}
-            usage: dict[str, Usage] = {}
-            dropped: set[str] = set()
-            for obs in data.observations:
-                if obs.module not in modules:
-                    dropped.add(obs.module)
-                    continue
-                samples = obs.samples_ms[-self.window :]
-                if samples:
-                    observations.setdefault(obs.module, {})[(obs.pool, obs.bucket)] = Series.of(samples)
-            for item in data.usage:
-                if item.module not in modules:
-                    dropped.add(item.module)
-                    continue
-                usage[item.module] = Usage(
-                    item.calls, item.failures, tuple(item.durations_ms[-self.window :])
-                )
-            tokens: dict[TokenKey, TokenSeries] = {}
-            for learned in data.tokens:
-                if learned.module not in modules:
-                    dropped.add(learned.module)
-                    continue
-                token_samples = list(
-                    zip(learned.prompt_tokens, learned.completion_tokens, learned.cost_usd, strict=True)
-                )
-                tokens[(learned.module, learned.model)] = TokenSeries(tuple(token_samples[-self.window :]))
-            if dropped:
-                logger.warning(
-                    "registry file %s: dropped state of unknown modules %s", source, sorted(dropped)
-                )
-            snapshot = with_modules(None, modules, frozenset(r.name for r in data.modules))
-            self._snapshot = replace(
-                snapshot,
-                observations=MappingProxyType({k: MappingProxyType(v) for k, v in observations.items()}),
-                usage=MappingProxyType(usage),
-                tokens=MappingProxyType(tokens),
-            )
+            self._snapshot = build_snapshot(data, self._base, Pending(), self.window, source)
+            self._pending = Pending()
+            self._synced = state if source == self.path else None
+
+    def refresh(self) -> bool:
+        """Take in what other processes saved to the registry file since this one last synced.
+
+        Unsaved changes of this process are kept (applied on top of the file's state). Cheap when
+        nothing changed: one ``stat``.
+
+        Returns:
+            Whether the file had changed (and was read).
+
+        Raises:
+            RegistryPersistenceError: The file changed and is now corrupt (a backup is kept).
+        """
+        state = file_state(self.path)
+        if state is None or state == self._synced:
+            return False
+        data = read_registry_file(self.path)
+        with self._write_lock:
+            self._snapshot = build_snapshot(data, self._base, self._pending, self.window, self.path)
+            self._synced = state
+        return True

@@ -59,7 +59,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(path):
     registry = _trained(path)
     registry.save()
     registry.save()
-    assert sorted(p.name for p in path.parent.iterdir()) == ["registry.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["registry.json", "registry.json.lock"]
 
 
 def test_a_failed_write_keeps_the_old_file(path, monkeypatch):
@@ -73,7 +73,7 @@ def test_a_failed_write_keeps_the_old_file(path, monkeypatch):
     with pytest.raises(RegistryPersistenceError, match=f"cannot write registry file {path}"):
         ModuleRegistry(discover=False, path=path).save()
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["registry.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["registry.json", "registry.json.lock"]
 
 
 def test_an_unwritable_location_is_a_clear_error(tmp_path):
