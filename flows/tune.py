@@ -233,12 +233,13 @@ def tune_pipeline(
     if missing:
         raise InputValidationError(f"devset rows {missing[:10]} lack the gold field {gold!r}")
     score_row = row_metric(metric, prediction, gold)
-    points = _rungs(rungs, len(rows))
+    multi = objective == "score_and_cost"
+    # Rungs only matter to a pruner; without one a trial is one run over every row.
+    points = _rungs(rungs, len(rows)) if pruner != "none" and not multi else [len(rows)]
     resolve_spec(spec)  # the defaults resolve (checked before any trial)
     if optimize is not None:
         _optimize_target(resolve_spec(spec), optimize.step)
 
-    multi = objective == "score_and_cost"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         directions=["maximize", "minimize"] if multi else ["maximize"],

@@ -189,7 +189,7 @@ def allow_reference(schema: dict[str, Any]) -> None:
     The Prefect UI form and a deployment's parameter check then accept a spec with variables; the
     spec itself substitutes the values before the field is validated.
     """
-    kept = {k: schema.pop(k) for k in ("title", "description", "default") if k in schema}
+    kept: dict[str, Any] = {k: schema.pop(k) for k in ("title", "description", "default") if k in schema}
     original = dict(schema)
     schema.clear()
     schema.update(kept)
