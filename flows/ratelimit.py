@@ -165,9 +165,10 @@ class EndpointLimiter:
     ) -> None:
         self.endpoint = endpoint
         self._clock = clock
-        # A burst of a quarter second's worth keeps pacing smooth against a provider's own window.
+        # A burst of one second's worth: providers meter per second or per minute, so a second's
+        # worth at once is within any of their windows, and the run starts at full speed.
         self.requests = (
-            TokenBucket(requests_per_minute / 60, requests_per_minute / 240, clock)
+            TokenBucket(requests_per_minute / 60, requests_per_minute / 60, clock)
             if requests_per_minute
             else None
         )
