@@ -31,7 +31,14 @@ from flows.engine import ERROR_FIELD, EngineContext, StepRecord, run_steps
 from flows.modes import RunMode
 from flows.spec import ModuleStep
 
-__all__ = ["PipelineStream", "default_chunk_rows", "is_barrier", "run_pipelined", "stream_pipeline"]
+__all__ = [
+    "PipelineStream",
+    "chunk_bounds",
+    "default_chunk_rows",
+    "is_barrier",
+    "run_pipelined",
+    "stream_pipeline",
+]
 
 #: Receives each completed chunk of rows (in completion order).
 Sink = Callable[[list[dict[str, Any]]], None]
@@ -39,6 +46,7 @@ Sink = Callable[[list[dict[str, Any]]], None]
 # The flow reads its sink from here: a callable cannot be a flow parameter (parameters are stored).
 _sink: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("dspex_stream_sink", default=None)
 _MAX_CONCURRENT_CHUNKS = 16
+_FIRST_CHUNK_ROWS = 8
 
 
 def is_barrier(step: Any) -> bool:
@@ -46,11 +54,11 @@ def is_barrier(step: Any) -> bool:
     if getattr(step, "pool", None) == "optimizer":
         return True
     if isinstance(step, ModuleStep):
-        import registry
         from dspex.exceptions import UnknownModuleError
+        from registry import get_module
 
         try:
-            return str(registry.get_module(step.module).pool_type.value) == "optimizer"
+            return str(get_module(step.module).pool_type.value) == "optimizer"
         except (UnknownModuleError, AttributeError):
             return False
     return False
@@ -109,6 +117,18 @@ def _segments(steps: list[Any]) -> list[tuple[bool, list[Any]]]:
     return segments
 
 
+def chunk_bounds(n_rows: int, size: int) -> list[tuple[int, int]]:
+    """Chunk boundaries: the first chunks ramp up (8, 16, 32, ... rows) to ``size``, so the first
+    rows come out after a small chunk's time, not a full chunk's; the rest are ``size`` rows."""
+    bounds = []
+    start, current = 0, min(size, _FIRST_CHUNK_ROWS)
+    while start < n_rows:
+        end = min(start + current, n_rows)
+        bounds.append((start, end))
+        start, current = end, min(current * 2, size)
+    return bounds
+
+
 def _run_chunked(
     steps: list[Any],
     rows: list[dict[str, Any]],
@@ -117,7 +137,7 @@ def _run_chunked(
     sink: Sink | None,
     cancel: threading.Event | None,
 ) -> None:
-    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    chunks = [rows[start:end] for start, end in chunk_bounds(len(rows), size)]
     contexts = [
         dataclasses.replace(ctx, records=[], stop=False, batches_total=0, batches_done=0, on_progress=None)
         for _ in chunks
@@ -132,7 +152,7 @@ def _run_chunked(
         return index
 
     done = 0
-    workers = max(1, min(len(chunks), _MAX_CONCURRENT_CHUNKS))
+    workers = _chunks_in_flight(ctx, size, len(chunks))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-chunk") as executor:
         pending: set[Future[int]] = {executor.submit(parent.copy().run, run, i) for i in range(len(chunks))}
         try:
@@ -155,6 +175,15 @@ def _run_chunked(
     ctx.records.extend(_merge([c.records for c in contexts]))
     if not ctx.continue_on_error and any(ERROR_FIELD in row for row in rows):
         ctx.stop = True
+
+
+def _chunks_in_flight(ctx: EngineContext, size: int, n_chunks: int) -> int:
+    """Chunks run at once: enough to keep the largest pool busy, and no more, so the earliest chunks
+    get the pool first and come out early (all chunks at once would share it fairly and all finish
+    near the end, like the barrier engine)."""
+    capacity = max(ctx.settings.pool_capacity(pool) for pool in ("general", "optimizer", "gpu"))
+    wanted = -(-capacity // size) + 1
+    return max(1, min(n_chunks, wanted, _MAX_CONCURRENT_CHUNKS))
 
 
 def _stop_all(ctx: EngineContext, contexts: list[EngineContext]) -> None:

@@ -107,6 +107,9 @@ def run(
     max_cost_usd: float | None = typer.Option(
         None, "--max-cost-usd", min=0.0, help="Stop dispatching before the LM cost would pass this (USD)."
     ),
+    stream: bool = typer.Option(
+        False, "--stream", help="Write output rows to stdout as JSONL as they complete (summary on stderr)."
+    ),
 ) -> None:
     """Run a pipeline spec file over a dataset."""
     import yaml
@@ -119,6 +122,11 @@ def run(
 
     try:
         spec = load_spec_file(spec_file)  # errors name the file (issue 13)
+        if stream:  # pipelined, rows to stdout as they complete (issue 15)
+            from deployments.cli.stream import stream_rows
+
+            stream_rows(spec, data, mode=mode, continue_on_error=continue_on_error)
+            return
         result = run_pipeline(  # type: ignore[call-overload]  # the Flow validates mode
             spec,
             data=data,
