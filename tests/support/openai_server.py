@@ -20,6 +20,7 @@ that the ``Authorization`` header arrived; the server itself logs nothing.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -136,6 +137,7 @@ class FakeOpenAIServer:
     latency_s: float = 0.0
     rate_limit_per_s: float | None = None
     outage_status: int | None = None
+    stream_chunk_words: int = 0  # > 0: a streamed reply comes in SSE chunks of this many words
     throttled: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
@@ -382,11 +384,14 @@ class _Handler(BaseHTTPRequestHandler):
             base
             | {
                 "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+                    {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}
                 ]
-            },
-            base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": reply["usage"]},
+            }
+            for piece in _pieces(text, self.server_state.stream_chunk_words)
         ]
+        chunks.append(
+            base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": reply["usage"]}
+        )
         data = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
         self._send_raw(200, data, "text/event-stream")
 
@@ -409,6 +414,14 @@ def openai_server(
         yield server
     finally:
         server.stop()
+
+
+def _pieces(text: str, words: int) -> list[str]:
+    """The reply cut into chunks of ``words`` words (whitespace kept); one chunk when ``words`` is 0."""
+    if words <= 0:
+        return [text]
+    tokens = re.findall(r"\s*\S+\s*?(?=\s|$)|\s+$", text)
+    return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)] or [text]
 
 
 def _content_text(content: Any) -> str:
