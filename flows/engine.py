@@ -564,7 +564,8 @@ def _parallel_step(
 
 
 def _produced(steps: list[Any]) -> set[str]:
-    return {f for s in steps for f in s.produces()}
+    # Top-level keys: a dotted output 'meta.note' lives under the row's 'meta'.
+    return {f.split(".")[0] for s in steps for f in s.produces()}
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

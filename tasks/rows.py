@@ -39,14 +39,18 @@ def has_field(row: Mapping[str, Any], path: str) -> bool:
 
 
 def set_field(row: dict[str, Any], path: str, value: Any) -> None:
-    """Write ``value`` at ``path``, creating nested dicts for dotted paths."""
+    """Write ``value`` at ``path``, creating nested dicts for dotted paths.
+
+    Copy on write: each nested dict on the path is copied before it is written, because it may be
+    shared with the caller's data, a parallel branch or a map item (which start as shallow copies of
+    their row); writing through it would change them all, concurrently.
+    """
     parts = path.split(".")
     target = row
     for part in parts[:-1]:
         nested = target.get(part)
-        if not isinstance(nested, dict):
-            nested = {}
-            target[part] = nested
+        nested = dict(nested) if isinstance(nested, dict) else {}
+        target[part] = nested
         target = nested
     target[parts[-1]] = value
 
