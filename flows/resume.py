@@ -3,8 +3,8 @@
 Local and distributed execution write the same store, under the payload base URL (shared storage
 that every worker reaches):
 
-    results/<step_key>/<content_key>.msgpack    the BatchResult and the key of each of its rows
-    results/<step_key>/<content_key>.ref.json   its PayloadRef, written last (atomically)
+    results/<step_key>/xxh3_128-<checksum>.msgpack  the BatchResult and the key of each of its rows
+    results/<step_key>/<content_key>.ref.json       its PayloadRef: created exclusively, last
 
 Keys:
 
@@ -144,10 +144,21 @@ class BatchStore:
         if row_keys is not None and len(row_keys) != len(result.outputs):
             raise PayloadError(f"batch {key}: {len(row_keys)} row keys for {len(result.outputs)} rows")
         document = {"row_keys": row_keys, "result": result.model_dump(mode="json")}
-        ref = write_payload(document, self.base_url, "msgpack", name=_name(key), inline_max_bytes=0)
-        # The sidecar is written after the payload, so whoever sees it can read the payload.
-        storage.write_atomic(self.ref_uri(key), ref.model_dump_json().encode())
-        return ref
+        # Atomic as a unit, even when two dispatches of one batch race (issue 13): the payload is
+        # content-addressed (two different results never overwrite each other), and the sidecar, the
+        # single pointer, is created exclusively after it; the first result published stays.
+        folder = storage.join(self.base_url, _name(key).rsplit("/", 1)[0])
+        ref = write_payload(document, folder, "msgpack", inline_max_bytes=0)
+        sidecar = self.ref_uri(key)
+        if storage.create_exclusive(sidecar, ref.model_dump_json().encode()):
+            return ref
+        try:
+            published, _document = self._load(sidecar)
+        except PayloadError as exc:  # a broken pointer (an older layout's race): replace it
+            logger.warning("replacing an unreadable batch-result sidecar %s: %s", sidecar, exc)
+            storage.write_atomic(sidecar, ref.model_dump_json().encode())
+            return ref
+        return published
 
     def _load(self, sidecar_uri: str) -> tuple[PayloadRef, dict[str, Any]]:
         raw = bytes(memoryview(storage.read_bytes(sidecar_uri)))

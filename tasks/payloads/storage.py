@@ -37,6 +37,7 @@ from dspex.exceptions import PayloadError, PayloadNotFoundError
 __all__ = [
     "StreamedFile",
     "commit",
+    "create_exclusive",
     "discard",
     "exists",
     "is_local",
@@ -79,6 +80,44 @@ def write_atomic(uri: str, data: Any) -> None:
         else:
             # fsspec's memory store copies a buffer itself; other backends are only promised bytes.
             fs.pipe_file(path, view if _is_memory(fs) else bytes(view))
+    except OSError as exc:
+        raise PayloadError(f"cannot write payload: {exc}", uri=uri) from exc
+
+
+def create_exclusive(uri: str, data: Any) -> bool:
+    """Create the file at ``uri`` with ``data`` unless it exists; whole or not at all.
+
+    Local folders: the bytes go to a temporary file that is then hard-linked to the final name,
+    which fails if the name exists (atomic on POSIX), so of two racing writers exactly one wins.
+    Other filesystems have no such primitive in fsspec: the file is written when absent (a check,
+    then one PUT), the best an object store offers.
+
+    Returns:
+        True when this call created the file, False when it already existed.
+
+    Raises:
+        PayloadError: The storage cannot be written (names the uri).
+    """
+    fs, path = _resolve(uri)
+    view = memoryview(data)
+    try:
+        if not isinstance(fs, LocalFileSystem):
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, view if _is_memory(fs) else bytes(view))
+            return True
+        make_private_dirs(os.path.dirname(path) or ".")
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with _open_private(tmp) as handle:
+                handle.write(view)
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return True
     except OSError as exc:
         raise PayloadError(f"cannot write payload: {exc}", uri=uri) from exc
 
