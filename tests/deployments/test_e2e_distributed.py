@@ -1,6 +1,7 @@
 """Distributed mode end to end: a real Prefect server on loopback, the three pools, dspex workers.
 
-One module-scoped cluster: ``prefect server start`` (own PREFECT_HOME, free port), ``dspex pools create``,
+One module-scoped cluster on PostgreSQL (distributed mode's documented database, on loopback):
+``prefect server start`` (own PREFECT_HOME, free port), ``dspex pools create``,
 ``prefect --no-prompt deploy --all`` from prefect.yaml, and one ``dspex worker`` per pool (two for
 general, so one can be killed). Workers answer through an OpenAI-compatible server on loopback that
 this test runs, slowed down so a batch is still running when its worker is killed.
@@ -9,9 +10,10 @@ this test runs, slowed down so a batch is still running when its worker is kille
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
-from cluster import Cluster, drain_api_workers
+from cluster import Cluster, Postgres, drain_api_workers
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -22,6 +24,7 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import PipelineSpec, run_pipeline
+from flows.artifacts import duration_key
 from flows.pools import shutdown_local_pools
 from tests.support.openai_server import Fault, openai_server
 
@@ -32,6 +35,8 @@ CAPACITY = {
     "DSPEX_POOL_OPTIMIZER_CAPACITY": "2",
     "DSPEX_POOL_GPU_CAPACITY": "2",
 }
+GRACE_S = 8  # DSPEX_WORKER_GRACE_SECONDS of the orchestrating test process
+HEARTBEAT_S = 2  # the workers' --heartbeat-seconds
 QUESTIONS = [
     "What is the capital of France?",
     "Who wrote Hamlet?",
@@ -57,7 +62,8 @@ def cluster(tmp_path_factory, lm_server):
         "DSPEX_LM_CACHE": "false",
         "DSPEX_LM_NUM_RETRIES": "0",
     }
-    c = Cluster(tmp_path_factory.mktemp("cluster"), extra_env=CAPACITY | lm_env)
+    database = Postgres()
+    c = Cluster(tmp_path_factory.mktemp("cluster"), extra_env=CAPACITY | lm_env, database_url=database.url)
     try:
         c.start_server()
         c.setup_all()
@@ -73,6 +79,7 @@ def cluster(tmp_path_factory, lm_server):
         drain_api_workers(c.api_url)
     finally:
         c.close()
+        database.close()
 
 
 @pytest.fixture
@@ -82,7 +89,7 @@ def distributed_env(cluster, monkeypatch):
     monkeypatch.setenv("DSPEX_MODE", "distributed")
     monkeypatch.setenv("DSPEX_PAYLOAD_URL", str(cluster.payloads))
     monkeypatch.setenv("DSPEX_DISPATCH_POLL_SECONDS", "0.2")
-    monkeypatch.setenv("DSPEX_WORKER_GRACE_SECONDS", "8")
+    monkeypatch.setenv("DSPEX_WORKER_GRACE_SECONDS", str(GRACE_S))
     with temporary_settings(updates={PREFECT_API_URL: cluster.api_url}):
         yield cluster
     shutdown_local_pools()
@@ -127,7 +134,7 @@ def test_steps_land_on_all_three_pools_and_artifacts_read_back(distributed_env, 
             "gpu",
         }
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["duration-estimates"]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[duration_key("three-pools")]))
         )
     assert artifacts and "estimated ms" in str(artifacts[0].data)
 
@@ -176,6 +183,7 @@ def test_a_killed_worker_leaves_its_batch_retried_and_every_row_exactly_once(dis
     assert victim is not None, (
         f"no run-step run was ever RUNNING on a general worker: {outcome} {sorted(set(seen))[-12:]}"
     )
+    killed_at = datetime.now(UTC)
     cluster.kill(f"worker-{victim}")
     thread.join(timeout=300)
     assert not thread.is_alive(), "the pipeline did not finish after a worker was killed"
@@ -188,3 +196,43 @@ def test_a_killed_worker_leaves_its_batch_retried_and_every_row_exactly_once(dis
     states = Counter(r.state_type.value for r in runs)
     assert states["CRASHED"] >= 1, states  # the killed worker's run was marked crashed...
     assert states["COMPLETED"] == 4, states  # ...and each of the 4 batches completed exactly once
+    # Detection time: from the kill to the run marked CRASHED. The dispatcher trusts a worker record
+    # for the grace period, then needs the silence to last the grace again (docs/deployment.md):
+    # at most 2 x grace + one heartbeat, plus polling.
+    crashed = [r for r in runs if r.state_type.value == "CRASHED" and r.state is not None]
+    detected_s = min((r.state.timestamp - killed_at).total_seconds() for r in crashed)
+    print(
+        f"dead worker detected {detected_s:.1f} s after the kill (grace {GRACE_S} s, heartbeat {HEARTBEAT_S} s)"
+    )
+    assert 0 < detected_s <= 2 * GRACE_S + HEARTBEAT_S + 4, detected_s
+
+
+def test_usage_is_accounted_and_a_rerun_reuses_completed_rows_on_the_pools(distributed_env, lm_server):
+    """Issue 12 in distributed mode: tokens as the server served them, and resume by the same store."""
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "resume-remote",
+            "steps": [{"module": "dspy.Predict", "signature": "question -> answer", "batch_size": 2}],
+        }
+    )
+    data = [{"question": f"Where is parcel {i}? Parcel {i} is in Oslo."} for i in range(6)]
+    from flows.distributed import pool_status
+
+    with get_client(sync_client=True) as client:  # heartbeats lag on a loaded machine: wait for one
+        deadline = time.monotonic() + 90
+        while not pool_status(client, "general", 8).ok and time.monotonic() < deadline:
+            time.sleep(1)
+    lm_server.reset()
+    first = run_pipeline(spec, data=data)
+    served = lm_server.served_usage
+    assert first.summary.mode == "distributed" and first.summary.failed == 0
+    assert first.summary.usage.requests == served["requests"] == 6
+    assert first.summary.usage.prompt_tokens == served["prompt_tokens"]
+    # Same rows plus one, batched differently: only the new row reaches a worker's LM.
+    again = run_pipeline(
+        spec.model_copy(update={"steps": [spec.steps[0].model_copy(update={"batch_size": 3})]}),
+        data=[*data, {"question": "Where is parcel 99? Parcel 99 is in Rome."}],
+    )
+    assert lm_server.served_usage["requests"] == 7
+    assert again.summary.reused_rows == 6 and again.summary.usage.requests == 1
+    assert [r["answer"] for r in again.rows()][:6] == [r["answer"] for r in first.rows()]
