@@ -81,9 +81,11 @@ class Settings(BaseSettings):
         default=1800.0, gt=0, description="Longest a distributed batch may take before it counts as failed."
     )
     worker_grace_seconds: float = Field(
-        default=30.0,
+        default=15.0,
         gt=0,
-        description="In distributed mode, how long a batch may wait for a worker before the fallback policy applies.",
+        description="In distributed mode, how long a batch may wait for a worker before the fallback policy "
+        "applies, and how long a silent worker is still trusted; a killed worker's batch is re-dispatched "
+        "within 2 x this + one heartbeat (35 s by default, docs/deployment.md).",
     )
 
     # --- language model ----------------------------------------------------------------------

@@ -8,6 +8,12 @@ is a Vue single-page app that fetches everything after load, so the test drives 
 DevTools protocol (``--remote-debugging-port``, a small client on ``websockets``): it waits until the
 rendered text shows the expected content, then saves a PNG screenshot under the test's temp folder.
 
+A second test is what a person does in the Run form: on the run-pipeline deployment's custom-run
+page it fills a two-step pipeline through the form fields (the spec's name, each step's kind select
+and its fields, "Add item" for the second step; never the JSON editor), submits, and waits until a
+``dspex worker`` has run it to completion. The screenshots of the form and of the finished run are
+the ones in docs/img/ (docs/deployment.md, section 9).
+
 Chromium missing: skipped locally with the reason, but failed under ``CI=true`` (``.ci/run``
 installs it), so CI never silently drops the UI check.
 """
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, drain_api_workers
+from cluster import Cluster, Postgres, drain_api_workers
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -179,16 +185,22 @@ def browser(tmp_path) -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Cluster]:
+    """One server for the module: the pools, the run-pipeline deployment and a general worker."""
     chromium_binary()  # skip before paying for a server when there is no browser
-    c = Cluster(tmp_path / "cluster")
+    database = Postgres()  # distributed mode's documented database (SQLite logs "database is locked")
+    c = Cluster(tmp_path_factory.mktemp("ui-cluster"), database_url=database.url)
     try:
         c.start_server()
+        c.setup(["run-pipeline"])
+        c.start_worker("general", "ui-general")
+        c.wait_workers(["ui-general"])
         yield c
         drain_api_workers(c.api_url)
     finally:
         c.close()
+        database.close()
 
 
 def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser, tmp_path):
@@ -207,9 +219,7 @@ def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser
     run = runs[0]
 
     # The flow run's page, on its Artifacts tab: the run, and a TABLE card for duration-estimates.
-    text = browser.open_and_wait(
-        f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, KEY], tab="Artifacts"
-    )
+    text = browser.open_and_wait(f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, KEY], tab="Artifacts")
     assert "Completed" in text and re.search(rf"TABLE\s+{KEY}", text), text[:3000]
     assert browser.screenshot(tmp_path / "flow-run.png").stat().st_size > 10_000
 
@@ -238,3 +248,135 @@ def test_flow_run_page_and_artifact_page_show_the_duration_table(server, browser
     )
     assert re.search(r"answer\s+module\s+dspy\.Predict\s+general", text), text[:3000]
     assert browser.screenshot(tmp_path / "duration-estimates.png").stat().st_size > 10_000
+
+
+# Form helpers run in the page: a field is found by its label inside a scope (the page, or one step).
+FORM_JS = """
+window.F = {
+  field(scope, label) {
+    return [...scope.querySelectorAll('.schema-form-property')].find(e => {
+      const l = e.querySelector('.schema-form-property__label');
+      return l && l.innerText.trim() === label;
+    });
+  },
+  need(scope, label) {
+    const f = F.field(scope, label);
+    if (!f) throw new Error('no form field ' + label);
+    return f;
+  },
+  setText(scope, label, value) {
+    const t = F.need(scope, label).querySelector('textarea, input');
+    t.focus(); t.value = value;
+    t.dispatchEvent(new Event('input', {bubbles: true}));
+    t.dispatchEvent(new Event('change', {bubbles: true}));
+    t.blur();
+  },
+  choose(scope, label, value) {
+    const s = F.need(scope, label).querySelector('select');
+    s.value = value;
+    s.dispatchEvent(new Event('change', {bubbles: true}));
+  },
+  steps() { return F.need(document, 'Steps'); },
+  items() {
+    const steps = F.steps();
+    return [...steps.querySelectorAll('.schema-form-property-array-item')]
+      .filter(i => !steps.contains(i.parentElement.closest('.schema-form-property-array-item')));
+  },
+  addStep() {
+    const buttons = [...F.steps().querySelectorAll('button')].filter(b => b.innerText.trim() === 'Add item');
+    buttons[buttons.length - 1].click();
+  },
+  click(label) {
+    const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === label);
+    if (!b) throw new Error('no button ' + label);
+    b.click();
+  },
+};
+true
+"""
+
+FILL_JS = """
+(async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  F.setText(document, 'Name', 'form-qa');
+  F.addStep();  // first: adding an item rebuilds the list from its last emitted value
+  await sleep(1000);
+  const items = F.items();
+  const [first, second] = [items[0], items[items.length - 1]];
+  F.choose(first, 'Kind (Optional)', 'module');
+  await sleep(300);  // a choice re-renders the step: type into it afterwards
+  F.setText(first, 'Module (Optional)', 'dspy.Predict');
+  F.setText(first, 'Signature (Optional)', 'question -> answer');
+  F.choose(second, 'Kind (Optional)', 'native');
+  await sleep(300);
+  F.choose(second, 'Native (Optional)', 'template');
+  await sleep(300);
+  F.setText(second, 'Template (Optional)', 'Q: {{ question }} / A: {{ answer }}');
+  F.setText(second, 'Output (Optional)', 'card');
+  await sleep(500);
+  return items.length;
+})()
+"""
+
+
+def evaluate(browser: Browser, expression: str) -> Any:
+    result = browser.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+    if "exceptionDetails" in result:
+        raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def test_a_two_step_pipeline_filled_in_the_run_form_runs_to_completion(server, browser, tmp_path):
+    with (
+        temporary_settings(updates={PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        deployment = client.read_deployment_by_name("run-pipeline/run-pipeline")
+        before = {r.id for r in client.read_flow_runs()}
+
+    # The custom-run page renders the spec as fields: a Steps list whose item has a Kind select.
+    browser.open_and_wait(
+        f"{server.ui_url}/deployments/deployment/{deployment.id}/run", ["Steps", "Kind (Optional)", "Submit"]
+    )
+    evaluate(browser, FORM_JS)
+    assert evaluate(browser, FILL_JS) == 2
+    form = browser.screenshot(tmp_path / "run-form.png")
+    evaluate(browser, "F.steps().scrollIntoView(); true")
+    steps_shot = browser.screenshot(tmp_path / "run-form-steps.png")
+    assert form.stat().st_size > 10_000 and steps_shot.stat().st_size > 10_000
+    evaluate(browser, "F.click('Submit'); true")
+
+    # The run the form created carries exactly what was filled in, and a worker completes it.
+    deadline = time.monotonic() + 240
+    run = None
+    with (
+        temporary_settings(updates={PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        while time.monotonic() < deadline:
+            new = [
+                r for r in client.read_flow_runs() if r.id not in before and r.deployment_id == deployment.id
+            ]
+            run = new[0] if new else None
+            if (
+                run is not None
+                and run.state_type is not None
+                and run.state_type.value in ("COMPLETED", "FAILED", "CRASHED")
+            ):
+                break
+            time.sleep(1)
+        assert run is not None, f"the form created no run; page:\n{browser.text()[:2000]}"
+        assert run.state_name == "Completed", (run.state_name, server.log("worker-ui-general"))
+        spec = PipelineSpec.model_validate(run.parameters["spec"])
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[duration_key("form-qa")]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
+        )
+    assert spec.name == "form-qa" and [s.kind for s in spec.steps] == ["module", "native"]
+    assert spec.steps[0].module == "dspy.Predict" and spec.steps[1].output == "card"
+    assert len(artifacts) == 1 and "card" not in str(artifacts[0].data)  # the table lists steps, not rows
+    text = browser.open_and_wait(f"{server.ui_url}/runs/flow-run/{run.id}", [run.name, "Completed"])
+    assert "run-pipeline" in text
+    assert browser.screenshot(tmp_path / "run-completed.png").stat().st_size > 10_000
