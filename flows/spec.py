@@ -200,7 +200,14 @@ class ModuleStep(_StepBase):
 
     def needs(self) -> list[str]:
         spec = self.signature_spec()
-        names = list(spec.input_names) if spec is not None else list(self.inputs)
+        if spec is not None:
+            names = list(spec.input_names)
+        elif ":" in self.module:  # a user program without a signature: its forward()'s parameters
+            from tasks.modules import program_input_names
+
+            names = program_input_names(self)
+        else:
+            names = list(self.inputs)
         return [_root(self.inputs.get(name, name)) for name in names]
 
 
@@ -730,6 +737,10 @@ def _validate_module_step(step: ModuleStep) -> None:
     is_user = ":" in step.module
     if step.signature is None and not is_user:
         raise PipelineSpecError(f"{step.module} needs a 'signature'", step=step.name)
+    if is_user:  # inputs inferable, outputs produced (issue 13)
+        from tasks.modules import check_program_step
+
+        check_program_step(step)
     spec = step.signature_spec()
     if spec is not None:
         unknown_in = sorted(set(step.inputs) - set(spec.input_names))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dspex.exceptions import InputValidationError, is_retryable
 from dspex.redact import redact
-from tasks.modules import build_module
+from tasks.modules import build_module, program_input_names
 from tasks.retry import RetryPolicy
 from tasks.rows import MISSING, get_field, to_jsonable
 from tasks.usage import Usage, UsageBox, track
@@ -253,8 +253,11 @@ def execute_module_batch(
     policy = policy or RetryPolicy()
     lm = without_lm_retries(lm)
     spec = step.signature_spec()
-    input_names = list(spec.input_names) if spec is not None else list(step.inputs)
+    # A user program without a signature: its forward()'s parameters (issue 13).
+    input_names = list(spec.input_names) if spec is not None else program_input_names(step)
     output_names = list(spec.output_names) if spec is not None else None
+    # A user program must produce what its step's signature declares (no silent empty field).
+    must_produce = [step.outputs.get(n, n) for n in output_names or []] if ":" in step.module else []
     validator = None
     if spec is not None:
         from tasks.signatures import compile_signature
@@ -280,7 +283,14 @@ def execute_module_batch(
             continue
 
         def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
-            return _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages)
+            produced = _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages)
+            missing = [name for name in must_produce if produced.get(name) is None]
+            if missing:
+                raise ValueError(
+                    f"{step.module} returned {sorted(k for k, v in produced.items() if v is not None)}, "
+                    f"not the output(s) {missing} its step's signature declares"
+                )
+            return produced
 
         futures[i] = submit(_run_row, call, guard, policy, abandoned, tries, i)
 

@@ -9,9 +9,11 @@ a module parses its signature and, for user programs, may load saved state.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -20,7 +22,17 @@ from dspex.exceptions import PipelineSpecError, SandboxUnavailableError, Untrust
 from dspex.imports import load_attribute, trusted_roots
 from tasks.callables import resolve_callable
 
-__all__ = ["build_module", "module_class", "program_class", "read_program_state", "sandbox_available"]
+__all__ = [
+    "ProgramFields",
+    "build_module",
+    "check_program_step",
+    "module_class",
+    "program_class",
+    "program_fields",
+    "program_input_names",
+    "read_program_state",
+    "sandbox_available",
+]
 
 # DSPy's own classes are always importable by their registry import path.
 _DSPY_ROOTS = ("dspy",)
@@ -95,6 +107,120 @@ def program_class(name: str) -> type[dspy.Module]:
             f"{name!r} resolves to {cls.__module__}.{cls.__qualname__}, defined outside the trusted roots"
         )
     return cls
+
+
+@dataclass(frozen=True)
+class ProgramFields:
+    """What a user program declares about its fields, read from its class (never by running it).
+
+    Attributes:
+        required: ``forward``'s named parameters without a default (the row fields it needs).
+        optional: Its named parameters with a default.
+        open: Whether ``forward`` also takes ``**kwargs`` or ``*args`` (any input goes).
+        outputs: The outputs of the program's ``signature`` attribute, if it declares one.
+    """
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    open: bool
+    outputs: tuple[str, ...] | None
+
+
+def program_fields(name: str) -> ProgramFields:
+    """The fields a registered user program declares (`ProgramFields`).
+
+    Raises:
+        UntrustedImportError: The program may not be imported, or is not a ``dspy.Module``.
+        PipelineSpecError: It cannot be loaded.
+    """
+    cls = program_class(name)  # not cached: the trust check runs every time
+    required: list[str] = []
+    optional: list[str] = []
+    open_ = False
+    try:
+        parameters = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+    except (TypeError, ValueError):
+        parameters, open_ = [], True
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            open_ = True
+        elif parameter.default is parameter.empty:
+            required.append(parameter.name)
+        else:
+            optional.append(parameter.name)
+    return ProgramFields(tuple(required), tuple(optional), open_, _declared_outputs(cls))
+
+
+def _declared_outputs(cls: type) -> tuple[str, ...] | None:
+    declared = getattr(cls, "signature", None)
+    if isinstance(declared, str):
+        from tasks.signatures import parse_signature
+
+        return tuple(parse_signature(declared).output_names)
+    if isinstance(declared, type) and issubclass(declared, dspy.Signature):
+        return tuple(declared.output_fields)
+    return None
+
+
+def program_input_names(step: Any) -> list[str]:
+    """The inputs of a user-program step without a signature: ``forward``'s required parameters
+    and the ones its ``inputs`` mapping names (only the mapping when the program cannot be loaded
+    here, e.g. an orchestrator without the package)."""
+    mapped = list(step.inputs)
+    try:
+        fields = program_fields(step.module)
+    except UntrustedImportError:
+        raise
+    except (PipelineSpecError, LookupError):
+        return mapped
+    return list(dict.fromkeys([*fields.required, *mapped]))
+
+
+def check_program_step(step: Any) -> None:
+    """Reject, before any row runs, a user-program step whose fields cannot line up.
+
+    - no ``signature``, no ``inputs`` and a ``forward(**kwargs)``: nothing says what to pass;
+    - a ``signature`` input that ``forward`` does not accept;
+    - a ``signature`` output the program's own declared signature does not produce.
+
+    A program that cannot be imported here is checked when it runs instead (a distributed
+    orchestrator may not have the package); one that may not be imported is refused now.
+
+    Raises:
+        PipelineSpecError: The step cannot work (names it and what to change).
+        UntrustedImportError: The program may not be imported.
+    """
+    try:
+        fields = program_fields(step.module)
+    except UntrustedImportError:
+        raise
+    except PipelineSpecError:
+        return
+    accepted = {*fields.required, *fields.optional}
+    if step.signature is None:
+        if fields.open and not fields.required and not step.inputs:
+            raise PipelineSpecError(
+                f"{step.module}.forward takes **kwargs, so its inputs cannot be inferred: give the step a "
+                "'signature' ('question -> answer') or an 'inputs' mapping",
+                step=step.name,
+            )
+        return
+    spec = step.signature_spec()
+    unknown = [n for n in spec.input_names if n not in accepted] if not fields.open else []
+    if unknown:
+        raise PipelineSpecError(
+            f"signature inputs {unknown} are not parameters of {step.module}.forward "
+            f"({sorted(accepted) or 'none'})",
+            step=step.name,
+        )
+    if fields.outputs is not None:
+        missing = [n for n in spec.output_names if n not in fields.outputs]
+        if missing:
+            raise PipelineSpecError(
+                f"signature outputs {missing} are not produced by {step.module}, whose signature declares "
+                f"{list(fields.outputs)}",
+                step=step.name,
+            )
 
 
 def sandbox_available() -> bool:
