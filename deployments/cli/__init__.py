@@ -42,12 +42,13 @@ def settings_command(
 
 
 def _register_commands() -> None:
-    from deployments.cli import demo, distributed, estimate, health, show
+    from deployments.cli import automations, demo, distributed, estimate, health, show
 
     demo.register(app)
     distributed.register(app)
     show.register(app)
     health.register(app)
+    automations.register(app)
     estimate.register(app)
 
 
