@@ -149,6 +149,14 @@ class RemoteDispatcher:
         status = self._pool_status(pool, max_age=max(self.settings.dispatch_poll_seconds, 1.0))
         return status.ok, status.reason
 
+    def pool_status_cached(self, pool: str) -> PoolStatus | None:
+        """The last status read for ``pool`` (refreshed when older than a poll interval)."""
+        try:
+            return self._pool_status(pool, max_age=max(self.settings.dispatch_poll_seconds, 1.0))
+        except Exception:  # an API hiccup: the caller falls back to a default
+            logger.debug("could not read the status of pool %s", pool, exc_info=True)
+            return None
+
     def _pool_status(self, pool: str, max_age: float) -> PoolStatus:
         with self._lock:
             cached = self._status.get(pool)

@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_FIELD", "EngineContext", "StepRecord", "batch_key", "check_pools", "run_steps"]
 
 ERROR_FIELD = "_error"
-#: Batches of one step in flight at once (each fills its pool; more would only queue).
-_MAX_BATCHES_IN_FLIGHT = 32
 logger = logging.getLogger(__name__)
 
 
@@ -325,7 +323,7 @@ def _dispatch_batches(
                 index=n,
             )
         )
-    workers = max(min(len(requests), _MAX_BATCHES_IN_FLIGHT), 1)
+    workers = max(min(len(requests), executor.max_in_flight(decision.pool)), 1)
     results: list[BatchResult | BaseException] = []
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-dispatch")
     abandoned = False

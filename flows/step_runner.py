@@ -84,7 +84,8 @@ def execute_step_batch(
     """
     from flows.executors.run import run_batch
 
-    return run_batch(step, rows, pool=pool, settings=settings, lm=lm, timeout_s=timeout_s)
+    # A worker is one of several processes calling the provider: its rate limits are shared.
+    return run_batch(step, rows, pool=pool, settings=settings, lm=lm, timeout_s=timeout_s, shared_limits=True)
 
 
 @flow(

@@ -75,6 +75,15 @@ class BatchExecutor(ABC):
     def availability(self, pool: str) -> tuple[bool, str]:
         """Whether ``pool`` can take work now, and why not."""
 
+    def max_in_flight(self, pool: str) -> int:
+        """How many batches of one step to have running at once on ``pool``.
+
+        Locally, rows queue in the pool anyway, so many batches may be in flight. Remotely, only
+        what the workers can start: a batch dispatched is a batch that cannot be held back when the
+        circuit opens or the run stops.
+        """
+        return 32
+
     @abstractmethod
     def _run(self, request: BatchRequest) -> BatchResult:
         """Run the batch (no reuse, no stop check: `run` does those)."""

@@ -106,8 +106,19 @@ def guard_for(
     settings: Settings,
     stop: Callable[[], bool],
     on_row_failed: Callable[[BaseException], None] | None = None,
+    shared_limits: bool | None = None,
 ) -> EndpointGuard | None:
-    """The guard of one batch of ``step``, or None when the endpoint's circuit admits no batch now."""
+    """The guard of one batch of ``step``, or None when the endpoint's circuit admits no batch now.
+
+    Args:
+        step: The module step (its ``requests_per_minute`` / ``tokens_per_minute`` override the settings).
+        lm: The LM the batch calls (None: the settings' LM).
+        settings: The effective settings.
+        stop: The run's stop flag.
+        on_row_failed: Called with each row's final error.
+        shared_limits: Share the rate limits with other processes through Prefect global concurrency
+            limits (default: in distributed mode when ``lm_rate_limit_shared``; a worker passes True).
+    """
     endpoint = endpoint_of(lm, settings)
     breaker = breaker_for(endpoint, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
     verdict = breaker.admit_batch()
@@ -117,6 +128,7 @@ def guard_for(
         endpoint,
         getattr(step, "requests_per_minute", None) or settings.lm_requests_per_minute,
         getattr(step, "tokens_per_minute", None) or settings.lm_tokens_per_minute,
-        shared=settings.mode == "distributed" and settings.lm_rate_limit_shared,
+        shared=settings.lm_rate_limit_shared
+        and (settings.mode == "distributed" if shared_limits is None else shared_limits),
     )
     return EndpointGuard(breaker, limiter, stop, probe=verdict == "probe", on_row_failed=on_row_failed)

@@ -55,6 +55,12 @@ class RemoteExecutor(BatchExecutor):
     def availability(self, pool: str) -> tuple[bool, str]:
         return self.dispatcher.availability(pool)
 
+    def max_in_flight(self, pool: str) -> int:
+        """Two batches per live worker of ``pool`` (one running, one queued behind it), at least two."""
+        status = self.dispatcher.pool_status_cached(pool)
+        workers = len(status.live_workers) if status is not None else 0
+        return max(2 * workers, 2)
+
     def _run(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
         if request.step.kind != "module":

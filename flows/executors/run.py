@@ -33,6 +33,7 @@ def run_batch(
     timeout_s: float | None = None,
     stop: Callable[[], bool] | None = None,
     on_row_failed: Callable[[BaseException], None] | None = None,
+    shared_limits: bool | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool ``pool``.
 
@@ -45,6 +46,7 @@ def run_batch(
         timeout_s: Longest the batch may take.
         stop: The run's stop flag (rows not yet tried when it turns true are not attempted).
         on_row_failed: Called with each row's final error.
+        shared_limits: Share the LM rate limits across processes (a worker: True; default: by mode).
 
     Returns:
         The batch's result; it never raises for a row's or an LM's failure.
@@ -58,7 +60,7 @@ def run_batch(
         from tasks.lm import build_lm
 
         lm = build_lm(settings)
-    guard = guard_for(step, lm, settings, stop, on_row_failed)
+    guard = guard_for(step, lm, settings, stop, on_row_failed, shared_limits)
     if guard is None:
         from flows.executors.guard import endpoint_of
 
