@@ -318,7 +318,7 @@ def _dispatch_batches(
                 step=step,
                 rows=batch_rows,
                 pool=decision.pool,
-                batch_key=batch_key(step, batch_rows, ctx.lm_key),
+                batch_key=batch_key(step, batch_rows, _dispatch_salt(ctx)),
                 timeout_s=decision.timeout_s,
                 index=n,
             )
@@ -349,6 +349,12 @@ def _dispatch_batches(
         # results still reach the resume store); the run does not wait for them.
         pool.shutdown(wait=not abandoned, cancel_futures=abandoned)
     return results
+
+
+def _dispatch_salt(ctx: EngineContext) -> str:
+    """The LM key, salted with the run's id: dispatch keys are per run (see `flows.resume.ResumeStore`)."""
+    run_id = ctx.resume.run_id if ctx.resume is not None else ""
+    return f"{ctx.lm_key}|run:{run_id}" if run_id else ctx.lm_key
 
 
 def _run_one(ctx: EngineContext, executor: BatchExecutor, request: BatchRequest) -> BatchResult:

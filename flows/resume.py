@@ -296,6 +296,12 @@ class ResumeStore:
         reuse: False: nothing earlier is reused; results are still kept, under step keys salted
             with ``salt``, which no other run shares.
         salt: A run-unique string (the flow run id) used when ``reuse`` is False.
+
+    Attributes:
+        run_id: ``salt`` as given: the engine salts its dispatch keys with it, so the transport
+            results of ``run-step`` (``results/<engine batch key>``) make a re-dispatch idempotent
+            within this run but are never mistaken for a later run's batch (a batch that failed
+            in an outage must run again); reuse across runs goes through the row keys only.
     """
 
     def __init__(
@@ -304,6 +310,7 @@ class ResumeStore:
         self.lm_key = lm_key
         self.store_ = BatchStore(base_url)
         self.salt = "" if reuse else (salt or "no-reuse")
+        self.run_id = salt
         self._steps: dict[str, StepResume] = {}
         self.reused_rows = 0
 
@@ -338,6 +345,10 @@ class ResumeStore:
         """Keep a fresh result (its completed rows become reusable by later runs)."""
         if result.reused and result.reused == len(result.outputs):
             return  # nothing new
+        if not any(o is not None and e is None for o, e in zip(result.outputs, result.errors, strict=False)):
+            # Nothing completed (an outage, a stop): nothing to reuse, and the first result stored
+            # under a key stays, so storing this one would shadow a later run's good result.
+            return
         resume = self.for_step(request.step)
         key, row_keys = resume.batch_key(request.rows)
         resume.save(key, result, row_keys)

@@ -101,3 +101,17 @@ def test_resume_store_reuses_completed_rows_whatever_the_batching(tmp_path: Path
     # Another LM, or reuse turned off, reuses nothing.
     assert ResumeStore("other-lm", str(tmp_path)).split(step, rows, list(range(6)))[0] == {}
     assert ResumeStore("lm", str(tmp_path), reuse=False, salt="run-9").split(step, rows, [0, 1])[0] == {}
+
+
+def test_a_batch_with_nothing_completed_is_not_kept_so_a_later_good_result_is(tmp_path: Path) -> None:
+    step = _step()
+    rows = [{"question": "q1"}, {"question": "q2"}]
+    outage = RowError(type="ServiceUnavailableError", message="503", retryable=True)
+    store = ResumeStore("lm", str(tmp_path))
+    store.store(SimpleNamespace(step=step, rows=rows), _result([None, None], [outage, outage]))
+    # The same batch (same key) succeeds in the next run: that result is the one kept.
+    ResumeStore("lm", str(tmp_path)).store(
+        SimpleNamespace(step=step, rows=rows), _result([{"answer": "1"}, {"answer": "2"}])
+    )
+    reused, remaining = ResumeStore("lm", str(tmp_path)).split(step, rows, [0, 1])
+    assert reused == {0: {"answer": "1"}, 1: {"answer": "2"}} and remaining == []
