@@ -361,7 +361,9 @@ class ConditionalStep(_StepBase):
         return [*sorted(produced), self.path_field or f"{self.name or self.default_name()}_path"]
 
     def needs(self) -> list[str]:
-        return sorted({_root(self.when.field), *_external_needs(self.then), *_external_needs(self.otherwise)})
+        # The predicate's field is optional: a row without it simply takes 'otherwise' (and 'exists'
+        # is false for it), so it is not a field the data must provide (issue 13).
+        return sorted({*_external_needs(self.then), *_external_needs(self.otherwise)})
 
 
 class MapStep(_StepBase):
