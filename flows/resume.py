@@ -308,7 +308,7 @@ class ResumeStore:
         self, lm_key: str, base_url: str | None = None, *, reuse: bool = True, salt: str = ""
     ) -> None:
         self.lm_key = lm_key
-        self.store_ = BatchStore(base_url)
+        self.batches = BatchStore(base_url)
         self.salt = "" if reuse else (salt or "no-reuse")
         self.run_id = salt
         self._steps: dict[str, StepResume] = {}
@@ -319,7 +319,7 @@ class ResumeStore:
         key = step_key(step, self.lm_key, self.salt)
         found = self._steps.get(key)
         if found is None:
-            found = self._steps[key] = StepResume(step, self.lm_key, self.store_, self.salt)
+            found = self._steps[key] = StepResume(step, self.lm_key, self.batches, self.salt)
         return found
 
     def split(

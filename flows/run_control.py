@@ -9,20 +9,16 @@ signal, Failed for a budget).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from dspex.exceptions import BudgetExceededError, RunInterruptedError, RunStoppedError
 from dspex.settings import Settings
 from flows.budget import CostBudget
+from flows.engine import ERROR_FIELD
 from flows.interrupts import RunStop
 from flows.resume import ResumeStore
 
 __all__ = ["attach", "mark_unreached", "stopped_error"]
-
-logger = logging.getLogger("dspex.run")
-
-ERROR_FIELD = "_error"
 
 
 def _run_id() -> str:
