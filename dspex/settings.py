@@ -273,6 +273,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A turn's hold on its session; a holder that died frees the session after this long.",
     )
+    session_affinity_queue: str | None = Field(
+        default=None,
+        description="On a worker: a work queue of its pool that only this worker polls (besides the "
+        "default one). Sessions whose last turn it served send their next turns there while it polls.",
+    )
     shared_server: bool = Field(
         default=True,
         description="CLI runs (dspex run/demo/ui) use one local Prefect server in <home>, started on first "
