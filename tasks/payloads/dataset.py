@@ -36,13 +36,51 @@ def _read_file(path: str) -> Any:
     return storage.read_bytes(str(path))
 
 
-def _table_from_pylist(rows: list[dict[str, Any]], *, source: str) -> pa.Table:
+def _table_from_pylist(
+    rows: list[dict[str, Any]], *, source: str, lines: list[int] | None = None
+) -> pa.Table:
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowException, TypeError, ValueError) as exc:
+        change = _type_change(rows)
+        if change is None:
+            raise PayloadFormatError(f"rows do not form a table: {exc}", uri=source) from exc
+        column, index, before, now = change
+        where = f"line {lines[index]}" if lines is not None else f"row {index}"
         raise PayloadFormatError(
-            f"rows do not form a table (a column changes type?): {exc}", uri=source
+            f"{where}: column {column!r} changes type: {now} here, {before} in earlier rows "
+            "(every value of a column must have one type; quote numbers as strings, or use one type)",
+            uri=source,
         ) from exc
+
+
+def _kind(value: Any) -> str:
+    # The families Arrow cannot mix in one column (ints and floats do mix: both become numbers).
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def _type_change(rows: list[dict[str, Any]]) -> tuple[str, int, str, str] | None:
+    """The first (column, row index, earlier type, new type) where a column's values change type."""
+    seen: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        for column, value in row.items():
+            if value is None:
+                continue
+            kind = _kind(value)
+            first = seen.setdefault(column, kind)
+            if first != kind:
+                return column, index, first, kind
+    return None
 
 
 class Dataset:
@@ -98,6 +136,7 @@ class Dataset:
         except UnicodeDecodeError as exc:
             raise PayloadCorruptError(f"not UTF-8 text at byte {exc.start}", uri=str(path)) from exc
         rows: list[dict[str, Any]] = []
+        lines: list[int] = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -112,7 +151,8 @@ class Dataset:
                     f"line {number}: expected a JSON object, found {type(row).__name__}", uri=str(path)
                 )
             rows.append(row)
-        return cls(_table_from_pylist(rows, source=str(path)))
+            lines.append(number)
+        return cls(_table_from_pylist(rows, source=str(path), lines=lines))
 
     @classmethod
     def from_csv(cls, path: str, **read_options: Any) -> Dataset:

@@ -276,11 +276,28 @@ def read_bytes(uri: str) -> Any:
         with fs.open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError as exc:
+        unreachable = _connection_error(exc)
+        if unreachable is not None:  # fsspec's HTTP filesystem reports a refused connection as "not found"
+            raise PayloadError(f"cannot reach the server: {unreachable}", uri=uri) from exc
         raise PayloadNotFoundError("no payload stored here", uri=uri) from exc
     except IsADirectoryError as exc:
         raise PayloadNotFoundError("this is a folder, not a payload", uri=uri) from exc
     except OSError as exc:
         raise PayloadError(f"cannot read payload: {exc}", uri=uri) from exc
+
+
+def _connection_error(error: BaseException) -> BaseException | None:
+    """The connection failure (refused, unreachable, DNS, timeout) behind ``error``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error.__cause__ or error.__context__
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError) or type(current).__name__.startswith(
+            ("ClientConnector", "ServerTimeout", "ServerDisconnected")
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def exists(uri: str) -> bool:
