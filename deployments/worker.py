@@ -238,7 +238,7 @@ def apply_worker_defaults(pool: str, name: str, environ: dict[str, str] | None =
 
     target = os.environ if environ is None else environ
     wanted = worker_environment(WorkerOptions(pool, name), get_settings(), base={})
-    applied = {}
+    applied: dict[str, str] = {}
     for key in ("DSPY_CACHEDIR", "CUDA_VISIBLE_DEVICES"):
         if key in wanted and key not in target:
             target[key] = applied[key] = wanted[key]
