@@ -5,8 +5,8 @@
 
 The policy is Thompson sampling over **quality per unit of cost**. Each candidate has a Beta
 posterior over its quality (a score in 0..1 per row, from the metric against the gold field, or from
-an LM judge when no metric is named) and a running mean of its cost per row: USD or tokens from DSPy's
-usage tracking of the batch, else milliseconds (before a candidate has run, the registry's learned or
+an LM judge when no metric is named) and a running mean of its cost per row: USD or tokens that the
+batch's step records report (remote batches included), else milliseconds (before a candidate has run, the registry's learned or
 static estimate of its module). For each batch the policy draws a quality from every posterior and
 runs the candidate with the highest draw / cost; a candidate never tried goes first. Only a sample of
 each batch's rows is scored (``sample``), so the judge costs a fraction of the work.
@@ -300,7 +300,8 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
         The decisions, one per batch.
     """
     from flows.engine import ERROR_FIELD, StepRecord, _sub_context, run_steps
-    from tasks.usage import UsageBox, track
+    from flows.spec import iter_steps
+    from tasks.usage import Usage
 
     options = step.select
     started = time.perf_counter()
@@ -327,10 +328,12 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
         chunk = active[first : first + options.batch_rows]
         name, draws, reason = bandit.choose()
         batch = [rows[i] for i in chunk]  # the same dicts: the candidate extends them in place
-        box = UsageBox()
         batch_start = time.perf_counter()
-        with track(box):
-            run_steps([candidates[name]], batch, sub)
+        before = len(ctx.records)
+        run_steps([candidates[name]], batch, sub)
+        # What the candidate's steps paid, from their records (batches on workers included).
+        own = {s.name for s in iter_steps([candidates[name]])}
+        usage = Usage.total(getattr(r, "usage", None) for r in ctx.records[before:] if r.step in own)
         ms_per_row = (time.perf_counter() - batch_start) * 1000 / len(batch)
         for row in batch:
             row[decision_field] = name
@@ -344,7 +347,6 @@ def run_select(step: SelectStep, rows: list[dict[str, Any]], active: list[int], 
                 scores.append(min(max(scorer(batch[j], candidates[name]), 0.0), 1.0))
             except Exception as exc:  # an unscorable row teaches nothing; it is logged, not fatal
                 logger.warning("select %s: could not score a row of %s: %s", step.name, name, exc)
-        usage = box.value
         usd = usage.cost_usd if usage.requests and usage.cost_known else None
         bandit.update(name, scores, len(batch), usd=usd, tokens=usage.total_tokens, ms_per_row=ms_per_row)
         unit = bandit.cost_unit()

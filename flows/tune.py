@@ -98,7 +98,10 @@ class TrialRecord(BaseModel):
     values: dict[str, Any]
     score: float | None = Field(description="Mean metric over the rows evaluated.")
     rows: int = Field(description="Rows evaluated (fewer when pruned).")
-    tokens: int = Field(description="LM tokens counted in this process (0 when batches ran on workers).")
+    tokens: int = Field(
+        description="LM tokens the trial's runs paid (batches on workers included; rows resumed from "
+        "an earlier run cost nothing)."
+    )
     cost_usd: float | None = Field(description="Priced cost of those tokens; None when unpriced.")
     duration_s: float
     error: str | None = None
@@ -308,7 +311,7 @@ def _run_trial(
     pruner: str,
 ) -> tuple[TrialRecord, list[float]]:
     """Evaluate one trial in rungs; returns its record and objective values."""
-    from tasks.usage import UsageBox, track
+    from tasks.usage import Usage
 
     values = dict(trial.params)
     key = json.dumps(values, sort_keys=True, default=str)
@@ -328,38 +331,39 @@ def _run_trial(
         return _failed(trial.number, values, started, exc), [0.0]
     scores: list[float] = []
     outputs: list[dict[str, Any]] = []
-    box = UsageBox()
+    usages: list[Usage] = []
     done = 0
     state: Literal["complete", "pruned", "failed"] = "complete"
     error = None
-    with track(box):
-        for step, upto in enumerate(points):
-            chunk = rows[done:upto]
-            try:
-                result = run_pipeline.with_options(
-                    flow_run_name=f"{spec.name}-trial-{trial.number}-rung-{step}"
-                )(concrete, data=[dict(r) for r in chunk], lm=lm, mode=mode, continue_on_error=True)
-            except Exception as exc:  # a trial that cannot run is a failed trial, not a failed search
-                state, error = "failed", f"{type(exc).__name__}: {exc}"[:500]
-                break
-            out = result.rows()
-            outputs.extend(out)
-            scores.extend(0.0 if "_error" in r else _safe(score_row, r) for r in out)
-            done = upto
-            mean = sum(scores) / len(scores)
-            if done >= len(rows) or pruner == "none":
-                continue
-            trial.report(mean, done)
-            if pruner == "median" and trial.should_prune():
+    for step, upto in enumerate(points):
+        chunk = rows[done:upto]
+        try:
+            result = run_pipeline.with_options(flow_run_name=f"{spec.name}-trial-{trial.number}-rung-{step}")(
+                concrete, data=[dict(r) for r in chunk], lm=lm, mode=mode, continue_on_error=True
+            )
+        except Exception as exc:  # a trial that cannot run is a failed trial, not a failed search
+            state, error = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            break
+        # What the run's steps paid, wherever their batches ran (rows resumed from earlier runs cost 0).
+        usages.extend(getattr(record, "usage", None) for record in result.summary.steps)
+        out = result.rows()
+        outputs.extend(out)
+        scores.extend(0.0 if "_error" in r else _safe(score_row, r) for r in out)
+        done = upto
+        mean = sum(scores) / len(scores)
+        if done >= len(rows) or pruner == "none":
+            continue
+        trial.report(mean, done)
+        if pruner == "median" and trial.should_prune():
+            state = "pruned"
+            break
+        if pruner == "hopeless":
+            with search.lock:
+                best = search.best
+            if best is not None and (sum(scores) + (len(rows) - done)) / len(rows) < best - 1e-12:
                 state = "pruned"
                 break
-            if pruner == "hopeless":
-                with search.lock:
-                    best = search.best
-                if best is not None and (sum(scores) + (len(rows) - done)) / len(rows) < best - 1e-12:
-                    state = "pruned"
-                    break
-    usage = box.value
+    usage = Usage.total(usages)
     score = sum(scores) / len(scores) if scores else None
     cost = usage.cost_usd if usage.requests and usage.cost_known else None
     cost_value = cost if cost is not None else (usage.total_tokens or (time.perf_counter() - started))
