@@ -111,13 +111,13 @@ class RunStop:
 
 
 @contextmanager
-def handle_signals(stop: RunStop) -> Iterator[RunStop]:
+def handle_signals(stop: RunStop | None) -> Iterator[RunStop | None]:
     """Turn SIGINT/SIGTERM into ``stop.request`` while the block runs (see the module docstring).
 
     Args:
-        stop: The run's stop flag.
+        stop: The run's stop flag (None: nothing to do).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if stop is None or threading.current_thread() is not threading.main_thread():
         yield stop  # signal handlers can only be installed from the main thread
         return
 
