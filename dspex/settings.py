@@ -333,7 +333,12 @@ class Settings(BaseSettings):
 
         values = self.model_dump(mode="json")
         # URLs may carry credentials (http://user:pw@host, s3://KEY:SECRET@bucket): mask them too.
-        values = {k: redact_url(v) if isinstance(v, str) and "://" in v else v for k, v in values.items()}
+        def mask(value: Any) -> Any:
+            if isinstance(value, str) and "://" in value:
+                return redact_url(value)
+            return [mask(item) for item in value] if isinstance(value, list) else value
+
+        values = {k: mask(v) for k, v in values.items()}
         values["lm_api_key"] = "**********" if self.lm_api_key else None
         values["resolved_prefect_home"] = str(self.resolved_prefect_home)
         values["resolved_payload_url"] = redact_url(self.resolved_payload_url)

@@ -83,7 +83,7 @@ def prepare_input_rows(rows: list[dict[str, Any]]) -> int:
 def row_number(row: dict[str, Any], position: int) -> int:
     """The row number to report for ``row``: its integer ``_row``, else its position."""
     value = row.get(ROW_FIELD)
-    return value if _is_row_number(value) else position
+    return value if isinstance(value, int) and _is_row_number(value) else position
 
 
 def store_output(rows: list[dict[str, Any]]) -> PayloadRef:

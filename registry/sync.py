@@ -151,14 +151,16 @@ def build_snapshot(
         if learned.module not in modules:
             dropped.add(learned.module)
             continue
-        samples = list(zip(learned.prompt_tokens, learned.completion_tokens, learned.cost_usd, strict=True))
-        tokens[(learned.module, learned.model)] = TokenSeries(tuple(samples[-window:]))
-    for key, token_samples in pending.tokens.items():
-        series = tokens.get(key)
+        learned_samples: list[TokenSample] = list(
+            zip(learned.prompt_tokens, learned.completion_tokens, learned.cost_usd, strict=True)
+        )
+        tokens[(learned.module, learned.model)] = TokenSeries(tuple(learned_samples[-window:]))
+    for token_key, token_samples in pending.tokens.items():
+        series = tokens.get(token_key)
         for sample in token_samples:
             series = series.add(sample, window) if series else TokenSeries((sample,))
         if series is not None:
-            tokens[key] = series
+            tokens[token_key] = series
 
     if dropped:
         logger.warning("registry file %s: dropped state of unknown modules %s", source, sorted(dropped))

@@ -158,7 +158,7 @@ def _declared_outputs(cls: type) -> tuple[str, ...] | None:
 
         return tuple(parse_signature(declared).output_names)
     if isinstance(declared, type) and issubclass(declared, dspy.Signature):
-        return tuple(declared.output_fields)
+        return tuple(getattr(declared, "output_fields", {}))
     return None
 
 

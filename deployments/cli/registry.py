@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dspex.exceptions import RegistryError
@@ -44,13 +45,13 @@ def _modules_table(title: str, modules: list[ModuleInfo]) -> Table:
     table.add_column("capabilities", overflow="fold")
     for info in modules:
         table.add_row(
-            info.name,
+            escape(info.name),
             info.category.value,
             info.pool_type.value,
             f"{info.estimated_duration_ms:,}",
             "yes" if info.native_available else "no",
             info.metadata.source,
-            ", ".join(info.capabilities),
+            escape(", ".join(info.capabilities)),
         )
     return table
 
@@ -86,7 +87,7 @@ def show_command(
         stats = registry.usage_stats(name)
     except RegistryError as error:
         raise _fail(error) from error
-    table = Table(title=info.name, show_header=False)
+    table = Table(title=escape(info.name), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
@@ -115,7 +116,7 @@ def show_command(
     rows.append(("usage", f"{stats.calls} calls, {stats.failures} failures, p50 {p50}, p95 {p95}"))
     rows += [("example", example) for example in info.examples]
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, escape(value))  # descriptions and examples are users' text, not markup
     _console().print(table)
 
 
@@ -179,4 +180,4 @@ def register_command(
         path = registry.save()
     except RegistryError as error:
         raise _fail(error) from error
-    _console().print(_modules_table(f"Registered (saved to {path})", [info]))
+    _console().print(_modules_table(escape(f"Registered (saved to {path})"), [info]))

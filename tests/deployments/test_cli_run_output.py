@@ -135,3 +135,14 @@ def test_bad_spec_file_errors_name_the_file(tmp_path, content, name, expected):
     assert result.exit_code == 2, result.output
     assert name in _squash(result.output) and _squash(expected) in _squash(result.output)
     assert "Traceback" not in result.output
+
+
+def test_registry_tables_print_users_text_as_written(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    added = runner.invoke(
+        app, ["registry", "register", "acme.jobs:Tagger", "--description", "tags [bold]spam[/bold] [x]"]
+    )
+    assert added.exit_code == 0, added.output
+    shown = runner.invoke(app, ["registry", "show", "acme.jobs:Tagger"])
+    assert shown.exit_code == 0, shown.output
+    assert "tags [bold]spam[/bold] [x]" in shown.output

@@ -40,6 +40,15 @@ def test_settings_command_masks_url_credentials(monkeypatch, as_json):
         assert values["resolved_payload_url"] == "s3://***@bucket/p"
 
 
+def test_settings_mask_credentials_inside_lists(monkeypatch):
+    from dspex.settings import get_settings
+
+    monkeypatch.setenv(
+        "DSPEX_DATA_ROOTS", json.dumps(["s3://AKIAKEYID:SECRETKEY123@bucket/data/", "/srv/data"])
+    )
+    assert get_settings().masked()["data_roots"] == ["s3://***@bucket/data/", "/srv/data"]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
