@@ -234,6 +234,9 @@ def _step_resource(step: str) -> dict[str, str]:
 
 
 def _short(message: str) -> str:
+    from dspex.redact import redact  # events are stored in Prefect's database: no credentials
+
+    message = redact(message)
     return message if len(message) <= _MESSAGE_MAX else message[: _MESSAGE_MAX - 1] + "…"
 
 

@@ -80,6 +80,16 @@ def test_row_errors_and_dspex_errors_never_carry_credentials():
     assert "SECRETKEY123" not in str(exc) and "bucket/p/x.arrow" in str(exc)
 
 
+def test_event_payloads_never_carry_credentials(monkeypatch):
+    from flows import events
+
+    sent: dict[str, object] = {}
+    monkeypatch.setattr(events, "events_active", lambda: True)
+    monkeypatch.setattr(events, "emit", lambda name, resource, **kwargs: sent.update(kwargs))
+    events.batch_retried("s", pool="general", batch=1, attempt=2, error_type="X", message=f"refused by {URL}")
+    assert "llm.internal" in json.dumps(sent["payload"]) and PASSWORD not in json.dumps(sent["payload"])
+
+
 def test_log_records_are_masked_for_every_handler(caplog):
     logger = logging.getLogger("dspex.security-test")
     with caplog.at_level(logging.INFO):
