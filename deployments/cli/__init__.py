@@ -42,7 +42,7 @@ def settings_command(
 
 
 def _register_commands() -> None:
-    from deployments.cli import automations, demo, distributed, estimate, health, show
+    from deployments.cli import automations, demo, distributed, estimate, health, session, show
 
     demo.register(app)
     distributed.register(app)
@@ -50,6 +50,7 @@ def _register_commands() -> None:
     health.register(app)
     automations.register(app)
     estimate.register(app)
+    session.register(app)
 
 
 _register_commands()
