@@ -37,9 +37,9 @@ HEALTH = "dspex: health failed"
 AUTOMATION_NAMES = (BREAKER, DRIFT, HEALTH)
 
 _BREAKER_BODY = (
-    "DSPex: the circuit breaker of pool {{ event.payload.pool }} opened after "
-    "{{ event.payload.failures }} failed batches ({{ event.payload.reason }}). The deployment of the "
-    "run was paused; resume it once the LM or pool is healthy."
+    "DSPex: the circuit breaker of LM endpoint {{ event.payload.endpoint }} opened after "
+    "{{ event.payload.failures }} consecutive transport failures. The deployment of the run was "
+    "paused; resume it once the provider is healthy."
 )
 _DRIFT_BODY = (
     "DSPex: step {{ event.resource['prefect.resource.name'] }} ({{ event.payload.module }} on pool "

@@ -12,8 +12,8 @@ event                      primary resource                     emitted by
 ``dspex.step.routed``      ``dspex.step.<step>``                the engine, per routed step
 ``dspex.pool.fallback``    ``dspex.pool.<requested pool>``      the engine, per step
 ``dspex.batch.retried``    ``dspex.step.<step>``                the batch executor, per retry
-``dspex.breaker.opened``   ``dspex.pool.<pool>``                the circuit breaker
-``dspex.breaker.closed``   ``dspex.pool.<pool>``                the circuit breaker
+``dspex.breaker.opened``   ``dspex.endpoint.<LM endpoint>``     the circuit breaker (a listener)
+``dspex.breaker.closed``   ``dspex.endpoint.<LM endpoint>``     the circuit breaker (a listener)
 ``dspex.budget.exceeded``  ``dspex.pipeline.<pipeline>``        the budget guard
 ``dspex.estimate.drift``   ``dspex.step.<step>``                the engine (actual > factor x estimate)
 ``dspex.run.summary``      ``dspex.pipeline.<pipeline>``        the ``run-pipeline`` flow
@@ -42,6 +42,7 @@ __all__ = [
     "RunScope",
     "batch_retried",
     "breaker_closed",
+    "breaker_listener",
     "breaker_opened",
     "budget_exceeded",
     "emit",
@@ -117,6 +118,10 @@ def run_scope(
         enabled=settings.events_enabled,
         drift_factor=settings.estimate_drift_factor,
     )
+    if scope.enabled:
+        from flows.circuit import add_listener
+
+        add_listener(breaker_listener)  # idempotent: the breaker keeps one entry per listener
     token = _SCOPE.set(scope)
     try:
         yield scope
@@ -309,15 +314,25 @@ def batch_retried(
     )
 
 
-def breaker_opened(pool: str, *, failures: int, reset_seconds: float, reason: str = "") -> Event | None:
-    """A pool's circuit breaker opened: work for the pool is held back for ``reset_seconds``."""
+def breaker_opened(endpoint: str, *, failures: int, reset_seconds: float, reason: str = "") -> Event | None:
+    """An LM endpoint's circuit breaker opened: no new LM work goes to it for ``reset_seconds``.
+
+    Args:
+        endpoint: The endpoint the breaker guards (model and API base; credentials are masked).
+        failures: Consecutive transport failures that opened it.
+        reset_seconds: How long it stays open before one probe batch is let through.
+        reason: What happened, in a few words.
+    """
     if not events_active():
         return None
+    from dspex.redact import redact
+
+    name = redact(endpoint)
     return emit(
         "dspex.breaker.opened",
-        _resource("pool", pool),
+        _resource("endpoint", name),
         payload={
-            "pool": pool,
+            "endpoint": name,
             "failures": failures,
             "reset_seconds": reset_seconds,
             "reason": _short(reason),
@@ -325,15 +340,31 @@ def breaker_opened(pool: str, *, failures: int, reset_seconds: float, reason: st
     )
 
 
-def breaker_closed(pool: str, *, open_seconds: float | None = None) -> Event | None:
-    """A pool's circuit breaker closed again (a probe batch succeeded)."""
+def breaker_closed(endpoint: str) -> Event | None:
+    """An LM endpoint's circuit breaker closed again (a probe batch succeeded)."""
     if not events_active():
         return None
-    return emit(
-        "dspex.breaker.closed",
-        _resource("pool", pool),
-        payload={"pool": pool, "open_seconds": open_seconds},
-    )
+    from dspex.redact import redact
+
+    name = redact(endpoint)
+    return emit("dspex.breaker.closed", _resource("endpoint", name), payload={"endpoint": name})
+
+
+def breaker_listener(endpoint: str, old: str, new: str) -> None:
+    """A `flows.circuit` listener: emit ``dspex.breaker.opened`` / ``.closed`` on state changes
+    (the thread that changed the state carries the run's context, so the event relates to its run)."""
+    if new == "open":
+        from flows.circuit import breaker_for
+
+        breaker = breaker_for(endpoint)
+        breaker_opened(
+            endpoint,
+            failures=breaker.failure_threshold,
+            reset_seconds=breaker.reset_seconds,
+            reason=f"{breaker.failure_threshold} consecutive transport failures ({old} -> open)",
+        )
+    elif new == "closed" and old != "closed":
+        breaker_closed(endpoint)
 
 
 def budget_exceeded(

@@ -104,14 +104,22 @@ def test_breaker_pauses_the_deployment_and_drift_notifies(server, webhook, monke
         # deployment from the run context; outside a run the test names it).
         sent = events.emit(
             "dspex.breaker.opened",
-            {"prefect.resource.id": "dspex.pool.general", "prefect.resource.name": "general"},
+            {
+                "prefect.resource.id": "dspex.endpoint.openai/test-model",
+                "prefect.resource.name": "openai/test-model",
+            },
             related=[
                 {
                     "prefect.resource.id": f"prefect.deployment.{deployment_id}",
                     "prefect.resource.role": "deployment",
                 }
             ],
-            payload={"pool": "general", "failures": 5, "reset_seconds": 30, "reason": "HTTP 500"},
+            payload={
+                "endpoint": "openai/test-model",
+                "failures": 5,
+                "reset_seconds": 30,
+                "reason": "HTTP 500",
+            },
         )
         assert sent is not None
         EventsWorker.drain_all()
@@ -135,7 +143,7 @@ def test_breaker_pauses_the_deployment_and_drift_notifies(server, webhook, monke
             "the breaker notification",
         )
         note = next(m for m in received if "breaker opened" in m["subject"])
-        assert "pool general" in note["body"] and "5 failed batches" in note["body"]
+        assert "endpoint openai/test-model" in note["body"] and "after 5 consecutive" in note["body"]
 
         with events.run_scope("nightly", "openai/test-model"):
             drift = events.estimate_drift(

@@ -138,3 +138,32 @@ def test_estimate_drift_only_above_the_factor(monkeypatch):
     ((name, resource, kw),) = sent
     assert name == "dspex.estimate.drift" and resource["prefect.resource.id"] == "dspex.step.s"
     assert kw["payload"]["ratio"] == 2.5 and kw["pool"] == "general"
+
+
+def test_breaker_state_changes_become_events(monkeypatch):
+    from flows.circuit import breaker_for, remove_listener, reset_breakers
+
+    sent = []
+    monkeypatch.setattr(events, "events_active", lambda: True)
+    monkeypatch.setattr(
+        events, "emit", lambda name, resource, **kw: sent.append((name, resource, kw)) or name
+    )
+    reset_breakers()
+    breaker = breaker_for(
+        "openai/test-model@http://user:pw@127.0.0.1:1/v1", failure_threshold=2, reset_seconds=0.05
+    )
+    try:
+        with events.run_scope("p", "openai/test-model"):
+            breaker.record_failure()
+            assert sent == []  # one failure is not enough
+            breaker.record_failure()
+            time.sleep(0.1)  # past reset_seconds: half-open, one probe batch
+            assert breaker.admit_batch() == "probe"
+            breaker.record_success()
+    finally:
+        remove_listener(events.breaker_listener)
+        reset_breakers()
+    names = [name for name, _, _ in sent]
+    assert names == ["dspex.breaker.opened", "dspex.breaker.closed"]
+    opened = sent[0][2]["payload"]
+    assert opened["failures"] == 2 and "pw" not in opened["endpoint"]  # credentials masked
