@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import metadata as importlib_metadata
 
-from registry.models import Category, ModuleInfo, ModuleMetadata, PoolType, Requirements
+from registry.models import Category, ModuleInfo, ModuleMetadata, ModuleSource, PoolType, Requirements
 
 __all__ = ["CORE_MODULE_NAMES", "PATTERN_MODULE_NAMES", "core_modules", "dspy_version", "pattern_modules"]
 
@@ -35,6 +35,7 @@ def _core(
     native: bool = False,
     description: str,
     examples: tuple[str, ...],
+    source: ModuleSource = "core",
 ) -> ModuleInfo:
     return ModuleInfo(
         name=name,
@@ -46,7 +47,7 @@ def _core(
         native_available=native,
         examples=examples,
         metadata=ModuleMetadata(
-            source="core", import_path=import_path, version=dspy_version(), description=description
+            source=source, import_path=import_path, version=dspy_version(), description=description
         ),
     )
 
@@ -140,8 +141,10 @@ CORE_MODULE_NAMES: tuple[str, ...] = (
 def pattern_modules() -> tuple[ModuleInfo, ...]:
     """DSPex's reasoning patterns (`tasks.patterns`): real DSPy modules, served by the general pool.
 
-    Core entries like the seed's: a step names them (``module: dspex.TreeOfThoughts``) and they route
-    by these records. Estimates are per example: several LM calls each.
+    Catalogued here like the seed's modules (source ``dspex``), and loaded with what discovery finds,
+    so a registry of the seed's catalogue alone stays exactly the seed's: a step names them
+    (``module: dspex.TreeOfThoughts``) and they route by these records. Estimates are per example:
+    several LM calls each.
     """
     return (
         _core(
@@ -154,6 +157,7 @@ def pattern_modules() -> tuple[ModuleInfo, ...]:
             6000,
             description="Chain of thought that validates its outputs (signature or a scorer) and "
             "retries with feedback, up to max_retries times.",
+            source="dspex",
             examples=(
                 '{"module": "dspex.SelfCorrectingChainOfThought", "signature": "question -> answer: int", '
                 '"options": {"max_retries": 2}}',
@@ -169,6 +173,7 @@ def pattern_modules() -> tuple[ModuleInfo, ...]:
             15000,
             description="Grows reasoning breadth x depth nodes, keeping the best child per level "
             "(scored by a metric or an LM judge).",
+            source="dspex",
             examples=(
                 '{"module": "dspex.TreeOfThoughts", "signature": "question -> answer", '
                 '"options": {"breadth": 3, "depth": 2, "scorer": "judge"}}',
@@ -184,6 +189,7 @@ def pattern_modules() -> tuple[ModuleInfo, ...]:
             5000,
             description="Samples N completions and merges them by majority vote (as dspy.majority) or "
             "by an LM judge.",
+            source="dspex",
             examples=(
                 '{"module": "dspex.Ensemble", "signature": "question -> answer", '
                 '"options": {"n": 5, "merge": "vote"}}',

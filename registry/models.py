@@ -61,7 +61,7 @@ class Category(StrEnum):
 
 
 ResourceLevel = Literal["low", "medium", "high", "very_high"]
-ModuleSource = Literal["core", "discovered", "user"]
+ModuleSource = Literal["core", "discovered", "user", "dspex"]
 
 _RECORD = ConfigDict(frozen=True, extra="forbid")
 
@@ -144,7 +144,8 @@ class ModuleMetadata(BaseModel):
     """Where a record came from.
 
     Attributes:
-        source: ``core`` (the seed's catalogue), ``discovered`` (found in the installed ``dspy``) or
+        source: ``core`` (the seed's catalogue), ``dspex`` (DSPex's own pattern modules,
+            `tasks.patterns`), ``discovered`` (found in the installed ``dspy``) or
             ``user`` (registered by a user).
         import_path: Where the class lives, as ``pkg.mod:Class``; ``None`` when unknown.
         version: The version of the package providing the module, when known.

@@ -105,8 +105,9 @@ class ModuleRegistry:
             )
         self.window = window
         base: dict[str, ModuleInfo] = {}
-        core = (*core_modules(), *pattern_modules()) if include_core else ()
-        for info in (*core, *(discover_modules() if discover else ())):
+        # DSPex's own patterns come with discovery: a registry of the seed's catalogue alone stays the seed's.
+        found = (*pattern_modules(), *discover_modules()) if discover else ()
+        for info in (*(core_modules() if include_core else ()), *found):
             base.setdefault(info.name, info)  # core first, so core wins
         self._base: Mapping[str, ModuleInfo] = MappingProxyType(base)
         self._write_lock = threading.Lock()

@@ -13,7 +13,7 @@ from registry import ModuleInfo, default_registry
 
 __all__ = ["app"]
 
-_SOURCES = ("core", "discovered", "user")
+_SOURCES = ("core", "discovered", "user", "dspex")
 
 app = typer.Typer(
     name="registry",

@@ -21,7 +21,7 @@ def _clean():
 def test_patterns_are_registry_modules_on_the_general_pool():
     for name in PATTERN_MODULE_NAMES:
         info = registry.get_module(name)
-        assert info.pool_type == "general" and info.metadata.source == "core"
+        assert info.pool_type == "general" and info.metadata.source == "dspex"
         assert registry.estimate(name).ms > registry.estimate("dspy.Predict").ms  # several LM calls
 
 
