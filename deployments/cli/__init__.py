@@ -42,13 +42,23 @@ def settings_command(
 
 
 def _register_commands() -> None:
-    from deployments.cli import automations, demo, distributed, estimate, health, session, show
+    from deployments.cli import (
+        automations,
+        demo,
+        distributed,
+        estimate,
+        health,
+        registry_stats,
+        session,
+        show,
+    )
 
     demo.register(app)
     distributed.register(app)
     show.register(app)
     health.register(app)
     automations.register(app)
+    registry_stats.register(registry_app)
     estimate.register(app)
     session.register(app)
 
