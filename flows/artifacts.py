@@ -21,6 +21,7 @@ from prefect.artifacts import (
 )
 
 from dspex.redact import redact
+from flows.metrics import metrics_markdown
 
 __all__ = [
     "DURATION_ARTIFACT_KEY",
@@ -151,6 +152,7 @@ def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any],
         "| step | pool | why |",
         "|---|---|---|",
         *[f"| {r.step} | {pool_label(r)} | {r.reason} |" for r in records],
+        *metrics_markdown(getattr(summary, "metrics", None)),
     ]
     if summary.failures:
         lines += ["", "## Failed rows (first 20)", "", "| row | step | error |", "|---|---|---|"]

@@ -24,6 +24,7 @@ __all__ = [
     "StepMetrics",
     "build_metrics",
     "collect",
+    "metrics_markdown",
     "observe_batches",
     "observe_latencies",
     "peak_rss_mb",
@@ -99,7 +100,9 @@ def observe_batches(step: str | None, results: Sequence[Any]) -> None:
         if errors is None:
             collector.add(str(step), latencies)
         else:
-            collector.add(str(step), (lat for lat, err in zip(latencies, errors, strict=False) if err is None))
+            collector.add(
+                str(step), (lat for lat, err in zip(latencies, errors, strict=False) if err is None)
+            )
 
 
 def observe_latencies(step: str | None, latencies: Iterable[float]) -> None:
@@ -164,3 +167,30 @@ def build_metrics(
         peak_rss_mb=peak_rss_mb(),
         steps=steps,
     )
+
+
+def metrics_markdown(run_metrics: RunMetrics | None) -> list[str]:
+    """Markdown lines for the summary artifact: the run's figures and a table per step (empty for
+    None)."""
+    if run_metrics is None:
+        return []
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        "",
+        "## Run metrics",
+        "",
+        f"- throughput: **{run_metrics.rows_per_s:.1f} rows/s**, error rate: **{run_metrics.error_rate:.2%}**, "
+        f"orchestrator peak RSS: **{run_metrics.peak_rss_mb:.0f} MiB**",
+        "",
+        "| step | pool | rows | rows/s | p50 row ms | p95 row ms | error rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s.step} | {s.pool} | {s.rows} | {'-' if s.rows_per_s is None else f'{s.rows_per_s:.1f}'} | "
+        f"{ms(s.p50_row_ms)} | {ms(s.p95_row_ms)} | {s.error_rate:.2%} |"
+        for s in run_metrics.steps
+    ]
+    return lines
