@@ -23,6 +23,7 @@ still run concurrently on the candidate's pool.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -259,18 +260,10 @@ def _row_scorer(step: SelectStep, lm: Any) -> Callable[[dict[str, Any], Any], fl
     def judged(row: dict[str, Any], candidate: Any) -> float:
         inputs = {f: get_field(row, f, None) for f in candidate.needs()}
         prediction = dspy.Prediction(**{options.prediction: get_field(row, options.prediction, None)})
-        with dspy.context(lm=lm) if lm is not None else _Null():
+        with dspy.context(lm=lm) if lm is not None else contextlib.nullcontext():
             return as_score(judge(inputs, prediction))
 
     return judged
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _priors_ms(candidates: list[Any]) -> dict[str, float]:

@@ -29,23 +29,27 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from dspex.exceptions import InputValidationError, PipelineSpecError, VariableError
-from flows.evaluate import artifact_key
+from dspex.exceptions import InputValidationError, VariableError
 from flows.modes import RunMode
 from flows.params import LMParam, safe_flow
 from flows.pipeline import load_rows, run_pipeline
-from flows.spec import ModuleStep, PipelineSpec
+from flows.spec import PipelineSpec
+from flows.tune_results import (
+    Objective,
+    TrialRecord,
+    TuneOptimize,
+    TuneResult,
+    chain_optimizer,
+    optimize_target,
+    write_tune_artifacts,
+)
 from flows.variables import Variable, resolve_spec
 from tasks.payloads import PayloadRef, write_payload
 
 __all__ = ["TrialRecord", "TuneOptimize", "TuneResult", "default_tune_spec", "tune_pipeline"]
-
-Objective = Literal["score", "score_and_cost"]
 
 
 def default_tune_spec() -> PipelineSpec:
@@ -73,58 +77,6 @@ def default_tune_spec() -> PipelineSpec:
             "continue_on_error": True,
         }
     )
-
-
-class TuneOptimize(BaseModel):
-    """Compile one module step of the best spec with a DSPy optimizer after the search."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    step: str = Field(description="The name of the module step to compile (name it in the spec).")
-    optimizer: str = Field(
-        default="BootstrapFewShot", description="A DSPy optimizer the optimize flow knows."
-    )
-    options: dict[str, Any] = Field(default_factory=dict, description="The optimizer's constructor options.")
-    compile_options: dict[str, Any] = Field(default_factory=dict, description="Options of its compile().")
-
-
-class TrialRecord(BaseModel):
-    """One trial (one row of the ``tune-trials`` artifact)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    number: int
-    state: Literal["complete", "pruned", "failed", "reused"]
-    values: dict[str, Any]
-    score: float | None = Field(description="Mean metric over the rows evaluated.")
-    rows: int = Field(description="Rows evaluated (fewer when pruned).")
-    tokens: int = Field(
-        description="LM tokens the trial's runs paid (batches on workers included; rows resumed from "
-        "an earlier run cost nothing)."
-    )
-    cost_usd: float | None = Field(description="Priced cost of those tokens; None when unpriced.")
-    duration_s: float
-    error: str | None = None
-    pareto: bool = False
-
-
-class TuneResult(BaseModel):
-    """What a tune found."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    best_values: dict[str, Any]
-    best_score: float
-    best_spec: PipelineSpec = Field(description="The concrete spec (no variables) of the best trial.")
-    best_spec_ref: PayloadRef = Field(description="The same spec saved as a payload (JSON).")
-    trials: list[TrialRecord]
-    pareto: list[int] = Field(description="Trial numbers on the score/cost Pareto front (multi-objective).")
-    objective: Objective
-    metric: str
-    pruned: int
-    duration_s: float
-    trials_per_minute: float
-    optimized: dict[str, Any] | None = Field(default=None, description="The chained optimizer's outcome.")
 
 
 def demo_devset() -> list[dict[str, Any]]:
@@ -241,7 +193,7 @@ def tune_pipeline(
     points = _rungs(rungs, len(rows)) if pruner != "none" and not multi else [len(rows)]
     resolve_spec(spec)  # the defaults resolve (checked before any trial)
     if optimize is not None:
-        _optimize_target(resolve_spec(spec), optimize.step)
+        optimize_target(resolve_spec(spec), optimize.step)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -345,7 +297,7 @@ def _run_trial(
             state, error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             break
         # What the run's steps paid, wherever their batches ran (rows resumed from earlier runs cost 0).
-        usages.extend(getattr(record, "usage", None) for record in result.summary.steps)
+        usages.extend(record.usage for record in result.summary.steps)
         out = result.rows()
         outputs.extend(out)
         scores.extend(0.0 if "_error" in r else _safe(score_row, r) for r in out)
@@ -400,19 +352,6 @@ def _failed(number: int, values: dict[str, Any], started: float, exc: Exception)
     )  # fmt: skip
 
 
-def _optimize_target(concrete: PipelineSpec, name: str) -> ModuleStep:
-    try:
-        step = concrete.step(name)
-    except KeyError:
-        names = [s.name for s in concrete.steps]
-        raise PipelineSpecError(
-            f"optimize names step {name!r}, which the spec lacks (steps: {names})"
-        ) from None
-    if not isinstance(step, ModuleStep):
-        raise PipelineSpecError("only a module step can be compiled by an optimizer", step=name)
-    return step
-
-
 def _finish(
     spec: PipelineSpec,
     search: _Search,
@@ -443,13 +382,17 @@ def _finish(
     best_spec = resolve_spec(spec, best.values)
     optimized = None
     if optimize is not None:
-        best_spec, optimized = _chain_optimizer(
-            best_spec, optimize, search, best, rows, metric, gold, prediction, lm
-        )
+        produced = search.outputs.get(best.number)
+        if produced is None:  # the best was a reused trial: its first evaluation holds the rows
+            twin = next(
+                (r.number for r in records if r.values == best.values and r.number in search.outputs), None
+            )
+            produced = search.outputs.get(twin, []) if twin is not None else []
+        best_spec, optimized = chain_optimizer(best_spec, optimize, produced, metric, gold, prediction, lm)
     spec_ref = write_payload(best_spec.model_dump(mode="json"), format="msgpack")
     spec_json = best_spec.model_dump_json(indent=2)
     elapsed = time.perf_counter() - started
-    _write_artifacts(spec, records, best, best_spec, spec_ref, objective, metric, spec_json, optimized)
+    write_tune_artifacts(spec, records, best, best_spec, spec_ref, objective, metric, spec_json, optimized)
     logger.info(
         "tune %s: best %s = %.4f (%s) after %d trials (%d pruned); spec %s\n%s",
         spec.name,
@@ -474,128 +417,4 @@ def _finish(
         duration_s=round(elapsed, 3),
         trials_per_minute=round(len(records) / elapsed * 60, 2) if elapsed > 0 else 0.0,
         optimized=optimized,
-    )
-
-
-def _chain_optimizer(
-    best_spec: PipelineSpec,
-    optimize: TuneOptimize,
-    search: _Search,
-    best: TrialRecord,
-    rows: list[dict[str, Any]],
-    metric: str,
-    gold: str,
-    prediction: str,
-    lm: Any,
-) -> tuple[PipelineSpec, dict[str, Any]]:
-    """Compile the named step on the dev rows the best trial produced (its inputs as the pipeline
-    computed them, the gold answer as the label); return the spec with the compiled state."""
-    from flows.optimize import optimize_program
-
-    step = _optimize_target(best_spec, optimize.step)
-    produced = search.outputs.get(best.number)
-    if produced is None:  # the best was a reused trial: its first evaluation holds the rows
-        twin = next(
-            (r.number for r in search.records if r.values == best.values and r.number in search.outputs), None
-        )
-        produced = search.outputs.get(twin, []) if twin is not None else []
-    spec_inputs = step.signature_spec()
-    names = list(spec_inputs.input_names) if spec_inputs is not None else list(step.inputs)
-    label = next(iter(spec_inputs.output_names), prediction) if spec_inputs is not None else prediction
-    train = []
-    for row in produced:
-        if "_error" in row:
-            continue
-        gold_value = row.get(gold)
-        if isinstance(gold_value, list):
-            gold_value = gold_value[0] if gold_value else None
-        if gold_value is None:
-            continue
-        example = {name: row.get(step.inputs.get(name, name)) for name in names}
-        train.append({**example, label: gold_value})
-    result = optimize_program(
-        program=step,
-        trainset=train,
-        optimizer=optimize.optimizer,
-        metric=metric if metric in ("exact_match", "f1") else "exact_match",
-        options=optimize.options or None,
-        compile_options=optimize.compile_options or None,
-        lm=lm,
-    )
-    compiled = best_spec.model_dump(mode="json")
-    _set_state(compiled["steps"], optimize.step, result.state_uri)
-    new_spec = PipelineSpec.model_validate(compiled)
-    return new_spec, {
-        "step": optimize.step,
-        "optimizer": result.optimizer,
-        "state_uri": result.state_uri,
-        "score_before": result.score_before,
-        "score_after": result.score_after,
-        "trainset_size": result.trainset_size,
-    }
-
-
-def _set_state(steps: list[dict[str, Any]], name: str, state: str) -> bool:
-    for step in steps:
-        if step.get("name") == name:
-            step["state"] = state
-            return True
-        for key in ("then", "otherwise", "steps"):
-            if isinstance(step.get(key), list) and _set_state(step[key], name, state):
-                return True
-        if isinstance(step.get("parallel"), dict):
-            for branch in step["parallel"].values():
-                if _set_state(branch, name, state):
-                    return True
-    return False
-
-
-def _write_artifacts(
-    spec: PipelineSpec,
-    records: list[TrialRecord],
-    best: TrialRecord,
-    best_spec: PipelineSpec,
-    spec_ref: PayloadRef,
-    objective: Objective,
-    metric: str,
-    spec_json: str,
-    optimized: dict[str, Any] | None,
-) -> None:
-    names = sorted(spec.variables)
-    table = [
-        {
-            "trial": r.number,
-            **{name: r.values.get(name) for name in names},
-            "score": r.score,
-            "rows": r.rows,
-            "tokens": r.tokens,
-            "cost usd": r.cost_usd,
-            "duration s": r.duration_s,
-            "state": r.state,
-            **({"pareto": r.pareto} if objective == "score_and_cost" else {}),
-        }
-        for r in records
-    ]
-    create_table_artifact(
-        key=artifact_key("tune-trials", spec.name),
-        table=table,
-        description=f"Trials of tune {spec.name!r}: {metric} per trial ({objective}); "
-        f"best trial {best.number}: {best.values} = {best.score}",
-    )
-    lines = [
-        f"# Tune `{spec.name}`: best {metric} {best.score:.4f}",
-        "",
-        f"- values: `{json.dumps(best.values)}` (trial {best.number} of {len(records)})",
-        f"- concrete spec payload: `{spec_ref.uri}`",
-    ]
-    if optimized:
-        lines.append(
-            f"- then {optimized['optimizer']} on step `{optimized['step']}`: "
-            f"{optimized['score_before']:.4f} -> {optimized['score_after']:.4f} (state `{optimized['state_uri']}`)"
-        )
-    lines += ["", "```json", spec_json, "```"]
-    create_markdown_artifact(
-        key=artifact_key("tune-best", spec.name),
-        markdown="\n".join(lines),
-        description="Best spec of the tune",
     )
