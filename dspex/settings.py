@@ -332,6 +332,7 @@ class Settings(BaseSettings):
         from dspex.redact import redact_url
 
         values = self.model_dump(mode="json")
+
         # URLs may carry credentials (http://user:pw@host, s3://KEY:SECRET@bucket): mask them too.
         def mask(value: Any) -> Any:
             if isinstance(value, str) and "://" in value:
