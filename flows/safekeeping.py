@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from dspex.exceptions import PayloadError, PayloadFormatError
+from dspex.redact import redact
 from tasks.payloads import PayloadRef, write_payload
 
 __all__ = [
@@ -126,10 +127,12 @@ def keep_partial(rows: list[dict[str, Any]], error: BaseException) -> PayloadRef
     note = f"partial output ({len(rows)} rows, {done} without an error) kept in {ref.uri}"
     logger.error("run failed: %s", note)
     setattr(error, "partial_output", ref)  # noqa: B010 - any exception type, typed readers use getattr
+    # The message becomes the flow run's state message, stored by Prefect: mask secrets in it too
+    # (a provider's error may quote a URL with credentials; DSPex's own errors already are masked).
     if isinstance(error, OSError) and error.strerror:
-        error.strerror = f"{error.strerror}; {note}"
+        error.strerror = f"{redact(error.strerror)}; {note}"
     elif len(error.args) == 1 and isinstance(error.args[0], str):
-        error.args = (f"{error.args[0]}; {note}",)
+        error.args = (f"{redact(error.args[0])}; {note}",)
     else:
         error.add_note(note)
     return ref

@@ -78,6 +78,9 @@ def test_keep_partial_names_the_file_in_any_error():
     ref = keep_partial(data, os_error)
     assert ref is not None and ref.uri in str(os_error) and "[Errno 5]" in str(os_error)
     assert read_rows(ref.uri)[0]["answer"] == "done"
+    leaky = RuntimeError("provider at http://bob:hunter22-secret@llm.internal/v1 hung up")
+    keep_partial(data, leaky)
+    assert "hunter22-secret" not in str(leaky) and "llm.internal" in str(leaky)
     pool_error = PoolUnavailableError("gpu", "its last worker died")
     keep_partial(data, pool_error)
     assert "its last worker died" in str(pool_error) and "partial output (2 rows, 1 without an error)" in str(
