@@ -24,7 +24,7 @@ def _duration_table(records: list[Any]) -> Table:
     from flows.artifacts import duration_rows
 
     rows = duration_rows(records)
-    table = Table(title="Estimated vs actual durations (artifact 'duration-estimates')")
+    table = Table(title="Estimated vs actual durations (artifact 'duration-estimates-<pipeline>')")
     for column in ("step", "pool", "rows", "batches", "estimated ms", "actual ms", "error %", "estimate"):
         table.add_column(column, justify="right" if column not in ("step", "pool", "estimate") else "left")
     for row in rows:
@@ -54,11 +54,11 @@ def _where_to_look() -> None:
             "Artifacts and runs are stored in the project's Prefect database "
             f"([bold]{os.environ.get('PREFECT_HOME')}[/bold]).\n"
             "See them in the Prefect UI: [bold]dspex ui[/bold], then open "
-            "http://127.0.0.1:4200/artifacts (the table 'duration-estimates', 'rag-qa-scores')."
+            "http://127.0.0.1:4200/artifacts (the table 'duration-estimates-rag-qa', 'rag-qa-scores')."
         )
     else:
         url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
-        console.print(f"Artifacts: {url}/artifacts (key 'duration-estimates', 'rag-qa-scores').")
+        console.print(f"Artifacts: {url}/artifacts (key 'duration-estimates-rag-qa', 'rag-qa-scores').")
 
 
 def demo(
