@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -62,11 +63,24 @@ def _mask_params(text: str) -> str:
     )
 
 
+# Building the settings costs milliseconds, and `redact` runs on every log record: the secrets are
+# re-read when the variables that name them change, and at least every _SECRETS_TTL seconds (.env).
+_SECRETS_TTL = 30.0
+_secrets_cache: tuple[tuple[str | None, ...], float, list[str]] | None = None
+
+
 def known_secrets() -> list[str]:
     """The secret values configured here: the LM API key (setting or the variable it names).
 
     Values shorter than 6 characters are left out: masking them would mangle ordinary words.
     """
+    global _secrets_cache
+    env_name = os.environ.get("DSPEX_LM_API_KEY_ENV") or "OPENAI_API_KEY"
+    fingerprint = (os.environ.get("DSPEX_LM_API_KEY"), env_name, os.environ.get(env_name))
+    now = time.monotonic()
+    cached = _secrets_cache
+    if cached is not None and cached[0] == fingerprint and now - cached[1] < _SECRETS_TTL:
+        return cached[2]
     found: list[str] = []
     try:
         from dspex.settings import get_settings
@@ -77,7 +91,9 @@ def known_secrets() -> list[str]:
         found.append(os.environ.get(settings.lm_api_key_env, ""))
     except Exception:  # broken settings must not stop an error from being shown
         found.append(os.environ.get("OPENAI_API_KEY", ""))
-    return [s for s in dict.fromkeys(found) if len(s) >= 6]
+    secrets = [s for s in dict.fromkeys(found) if len(s) >= 6]
+    _secrets_cache = (fingerprint, now, secrets)
+    return secrets
 
 
 def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
@@ -96,9 +112,12 @@ def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
             value = value.replace(secret, MASK)
     if "://" in value:
         value = _URL.sub(lambda m: redact_url(m.group(0)), value)
-    if "=" in value or ":" in value:
+    if "=" in value:
         value = _mask_params(value)
-    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+    lowered = value.lower()
+    if "bearer" in lowered or "basic" in lowered:  # a cheap check before the regex
+        value = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+    return value
 
 
 class _RedactingFactory:
