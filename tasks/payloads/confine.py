@@ -22,6 +22,7 @@ the caller gave and the roots, never whether the file exists, its size or its ch
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -93,14 +94,35 @@ def _refuse(what: str, location: str, roots: list[str], setting: str) -> Payload
     )
 
 
+# Building the settings costs milliseconds and every payload read is checked: the roots are kept
+# while the DSPEX_* environment and the working directory stay the same (and at most _ROOTS_TTL s,
+# for a changed .env file).
+_ROOTS_TTL = 30.0
+_roots_cache: tuple[tuple[object, ...], float, list[str], list[str]] | None = None
+
+
+def _cached_roots() -> tuple[list[str], list[str]]:
+    """(payload roots, data roots) of the current settings."""
+    global _roots_cache
+    fingerprint = (os.getcwd(), *sorted((k, v) for k, v in os.environ.items() if k.startswith("DSPEX_")))
+    now = time.monotonic()
+    cached = _roots_cache
+    if cached is not None and cached[0] == fingerprint and now - cached[1] < _ROOTS_TTL:
+        return cached[2], cached[3]
+    settings = get_settings()
+    data = data_roots(settings)
+    payload = [settings.resolved_payload_url, *data]
+    _roots_cache = (fingerprint, now, payload, data)
+    return payload, data
+
+
 def check_payload_read(uri: str, settings: Settings | None = None) -> None:
     """Refuse to read a payload stored outside the payload root and the data roots.
 
     Raises:
         PayloadAccessError: It is outside (nothing was read or looked up).
     """
-    settings = settings or get_settings()
-    roots = [settings.resolved_payload_url, *data_roots(settings)]
+    roots = _cached_roots()[0] if settings is None else [settings.resolved_payload_url, *data_roots(settings)]
     if not is_within(uri, roots):
         raise _refuse("payload", uri, roots, "DSPEX_PAYLOAD_URL or DSPEX_DATA_ROOTS")
 
@@ -116,6 +138,6 @@ def check_data_read(location: str, what: str = "file", settings: Settings | None
     Raises:
         PayloadAccessError: It is outside (nothing was read or looked up).
     """
-    roots = data_roots(settings)
+    roots = data_roots(settings) if settings is not None else _cached_roots()[1]
     if not is_within(location, roots):
         raise _refuse(what, location, roots, "DSPEX_DATA_ROOTS")
