@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from flows import events
 from tasks.usage import Usage
 
 __all__ = ["CostBudget"]
@@ -88,6 +89,12 @@ class CostBudget:
                         f"(spent ${self.spent_usd:.4f})"
                     )
                     logger.warning("stopping dispatch: %s", self.reason)
+                    events.budget_exceeded(
+                        "cost_usd",
+                        limit=self.max_cost_usd,
+                        used=round(self.spent_usd, 6),
+                        action=f"stopped dispatch (projected ${projected:.4f})",
+                    )
                     self._cond.notify_all()
                     return False
                 self._in_flight_rows += rows

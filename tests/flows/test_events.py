@@ -151,3 +151,23 @@ def test_breaker_state_changes_become_events(monkeypatch):
     assert names == ["dspex.breaker.opened", "dspex.breaker.closed"]
     opened = sent[0][2]["payload"]
     assert opened["failures"] == 2 and "pw" not in opened["endpoint"]  # credentials masked
+
+
+def test_an_exhausted_cost_budget_emits_budget_exceeded(monkeypatch):
+    from flows.budget import CostBudget
+    from tasks.usage import Usage
+
+    sent = []
+    monkeypatch.setattr(events, "events_active", lambda: True)
+    monkeypatch.setattr(
+        events, "emit", lambda name, resource, **kw: sent.append((name, resource, kw)) or name
+    )
+    budget = CostBudget(max_cost_usd=0.01, per_row_usd=0.001)
+    with events.run_scope("costly", "openai/gpt-4o-mini"):
+        assert budget.admit(5)
+        budget.settle(5, Usage(prompt_tokens=10, completion_tokens=5, requests=5, cost_usd=0.006))
+        assert not budget.admit(10)  # 0.006 + 10 x 0.0012 > 0.01
+    ((name, resource, kw),) = sent
+    assert name == "dspex.budget.exceeded" and resource["prefect.resource.id"] == "dspex.pipeline.costly"
+    assert kw["payload"]["budget"] == "cost_usd" and kw["payload"]["limit"] == 0.01
+    assert kw["payload"]["used"] == 0.006 and "projected" in kw["payload"]["action"]
