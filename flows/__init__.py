@@ -8,7 +8,9 @@ executes in distributed mode.
 import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 from flows.batch_predict import BatchPredictResult, batch_predict
 from flows.evaluate import EvaluateResult, evaluate_program
+from flows.modes import RunMode
 from flows.optimize import OptimizeResult, optimize_program
+from flows.params import LMConfig
 from flows.pipeline import PipelineResult, PipelineSummary, run_pipeline
 from flows.rag import RagResult, rag_qa
 from flows.spec import PipelineSpec
@@ -19,12 +21,14 @@ from flows.variables import Variable, resolve_spec
 __all__ = [
     "BatchPredictResult",
     "EvaluateResult",
+    "LMConfig",
     "OptimizeResult",
     "PipelineResult",
     "PipelineSpec",
     "PipelineStream",
     "PipelineSummary",
     "RagResult",
+    "RunMode",
     "TuneResult",
     "Variable",
     "batch_predict",
