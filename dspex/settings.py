@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         gt=0,
         description="The shared local server stops after this long without a CLI run using it.",
     )
+    shared_server_port: int = Field(
+        default=4200,
+        ge=1,
+        le=65535,
+        description="Port of the shared local server (its UI too); a free one is taken when it is busy.",
+    )
 
     @field_validator("lm_model")
     @classmethod

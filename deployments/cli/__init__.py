@@ -49,6 +49,7 @@ def _register_commands() -> None:
         estimate,
         health,
         registry_stats,
+        server,
         session,
         show,
     )
@@ -61,6 +62,7 @@ def _register_commands() -> None:
     registry_stats.register(registry_app)
     estimate.register(app)
     session.register(app)
+    server.register(app)
 
 
 _register_commands()
@@ -68,4 +70,9 @@ _register_commands()
 
 def main() -> None:
     """Entry point of the ``dspex`` console script."""
+    import sys
+
+    from deployments.cli.server import prepare
+
+    prepare(sys.argv[1:])  # flow-running commands use the shared local server (issue 15)
     app()

@@ -169,6 +169,10 @@ def ui(
     port: int = typer.Option(4200, help="Port."),
 ) -> None:
     """Start the Prefect UI and API on this project's Prefect database (Ctrl+C stops it)."""
+    from deployments.cli.server import hold_ui
+
+    if hold_ui(console):  # the shared local server that CLI runs use (issue 15)
+        return
     env = dict(os.environ)
     console.print(f"Prefect UI: http://{host}:{port} (database under {env.get('PREFECT_HOME')})")
     prefect = Path(sys.executable).with_name("prefect")
