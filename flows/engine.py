@@ -283,6 +283,7 @@ def _module_step(
     expected = expected_usage(decision.module, model, len(active))  # before this step's own samples
     learn_usage(decision.module, model, results)
     metrics.observe_batches(step.name, results)
+    events.batches_retried(step.name, results)
     record = _record(step, decision, chunks, rows, actual_ms, reused, results)
     record.estimated_tokens, record.estimated_cost_usd = expected
     ctx.records.append(record)

@@ -11,7 +11,7 @@ event                      primary resource                     emitted by
 =========================  ===================================  ===========================
 ``dspex.step.routed``      ``dspex.step.<step>``                the engine, per routed step
 ``dspex.pool.fallback``    ``dspex.pool.<requested pool>``      the engine, per step
-``dspex.batch.retried``    ``dspex.step.<step>``                the batch executor, per retry
+``dspex.batch.retried``    ``dspex.step.<step>``                the engine, per batch whose rows were retried
 ``dspex.breaker.opened``   ``dspex.endpoint.<LM endpoint>``     the circuit breaker (a listener)
 ``dspex.breaker.closed``   ``dspex.endpoint.<LM endpoint>``     the circuit breaker (a listener)
 ``dspex.budget.exceeded``  ``dspex.pipeline.<pipeline>``        the budget guard
@@ -41,6 +41,7 @@ __all__ = [
     "EVENT_NAMES",
     "RunScope",
     "batch_retried",
+    "batches_retried",
     "breaker_closed",
     "breaker_listener",
     "breaker_opened",
@@ -495,4 +496,29 @@ def step_decided(decision: Any, rows: int) -> None:
     if decision.pool != decision.requested_pool:
         pool_fallback(
             decision.step, requested_pool=decision.requested_pool, pool=decision.pool, reason=decision.reason
+        )
+
+
+def batches_retried(step: str | None, results: Sequence[Any]) -> None:
+    """Emit ``dspex.batch.retried`` for each finished batch whose rows needed more than one try
+    (rows are retried inside their batch; one event per such batch, never per row).
+
+    Args:
+        step: The step's name.
+        results: The step's batch results (`tasks.batch.BatchResult`; exceptions are skipped).
+    """
+    if not events_active():
+        return
+    for index, result in enumerate(results):
+        attempts = getattr(result, "attempts", 1) or 1
+        if attempts <= 1:
+            continue
+        errors = [e for e in getattr(result, "errors", []) if e is not None]
+        batch_retried(
+            str(step),
+            pool=getattr(result, "pool", "") or "unknown",
+            batch=index,
+            attempt=attempts,
+            error_type=errors[0].type if errors else "",
+            message=f"rows needed up to {attempts} tries; {len(errors)} row(s) still failed",
         )

@@ -171,3 +171,35 @@ def test_an_exhausted_cost_budget_emits_budget_exceeded(monkeypatch):
     assert name == "dspex.budget.exceeded" and resource["prefect.resource.id"] == "dspex.pipeline.costly"
     assert kw["payload"]["budget"] == "cost_usd" and kw["payload"]["limit"] == 0.01
     assert kw["payload"]["used"] == 0.006 and "projected" in kw["payload"]["action"]
+
+
+def test_batches_whose_rows_were_retried_emit_one_event_each(monkeypatch):
+    from tasks.batch import BatchResult, RowError
+
+    sent = []
+    monkeypatch.setattr(events, "events_active", lambda: True)
+    monkeypatch.setattr(
+        events, "emit", lambda name, resource, **kw: sent.append((name, resource, kw)) or name
+    )
+    once = BatchResult(
+        outputs=[{}], errors=[None], latencies_ms=[1.0], wall_ms=1.0, attempts=1, pool="general"
+    )
+    error = RowError(type="RateLimitError", message="429", retryable=True)
+    thrice = BatchResult(
+        outputs=[{}, None],
+        errors=[None, error],
+        latencies_ms=[1.0, 0.0],
+        wall_ms=9.0,
+        attempts=3,
+        pool="general",
+    )
+    with events.run_scope("p", "m"):
+        events.batches_retried("answer", [once, thrice, RuntimeError("lost")])
+    ((name, resource, kw),) = sent
+    assert name == "dspex.batch.retried" and resource["prefect.resource.id"] == "dspex.step.answer"
+    assert kw["pool"] == "general"
+    assert kw["payload"]["batch"] == 1 and kw["payload"]["attempt"] == 3
+    assert (
+        kw["payload"]["error_type"] == "RateLimitError"
+        and "1 row(s) still failed" in kw["payload"]["message"]
+    )
