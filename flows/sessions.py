@@ -206,13 +206,8 @@ def _stream_turn(session_id: str, inputs: Mapping[str, Any], *, lm: Any, setting
     store = get_store(settings)
     with _held(store, session_id, settings) as record:
         step, program = _ready(record, inputs)
-        fields = [
-            name
-            for p in program.predictors()
-            for name in p.signature.output_fields
-            if name in _output_names(program)
-        ]
-        listeners = [StreamListener(signature_field_name=name) for name in dict.fromkeys(fields)]
+        fields = dict.fromkeys(name for p in program.predictors() for name in p.signature.output_fields)
+        listeners = [StreamListener(signature_field_name=name) for name in fields]
         streamed = dspy.streamify(program, stream_listeners=listeners, async_streaming=False)
         prediction = None
         with dspy.context(lm=_lm(lm, settings)):
@@ -277,10 +272,6 @@ def _call_inputs(
 
 def _takes_history(program: dspy.Module) -> bool:
     return any(HISTORY_FIELD in p.signature.input_fields for p in program.predictors())
-
-
-def _output_names(program: dspy.Module) -> set[str]:
-    return {name for p in program.predictors() for name in p.signature.output_fields}
 
 
 def _outputs(prediction: Any) -> dict[str, Any]:
