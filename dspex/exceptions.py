@@ -291,7 +291,9 @@ class VariableError(PipelineSpecError):
         self.variable = variable
         self.step = step
         where = " ".join(
-            part for part in (f"variable {variable!r}" if variable else "", f"step {step!r}" if step else "") if part
+            part
+            for part in (f"variable {variable!r}" if variable else "", f"step {step!r}" if step else "")
+            if part
         )
         DSPexError.__init__(self, f"{where}: {message}" if where else message)
 
@@ -460,6 +462,7 @@ class SessionStoreError(SessionError, RuntimeError):
     """The session database failed, or a stored session does not decode."""
 
     code = "session_store_error"
+
 
 def is_retryable(error: BaseException) -> bool:
     """Whether retrying the operation that raised ``error`` may succeed.

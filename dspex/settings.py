@@ -130,7 +130,9 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Base delay of the exponential backoff between row retries."
     )
     retry_max_delay_seconds: float = Field(
-        default=30.0, ge=0, description="Longest backoff between row retries (a Retry-After may ask for more)."
+        default=30.0,
+        ge=0,
+        description="Longest backoff between row retries (a Retry-After may ask for more).",
     )
     lm_requests_per_minute: float | None = Field(
         default=None,
