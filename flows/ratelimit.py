@@ -278,13 +278,14 @@ class LimiterCallback(BaseCallback):
     def __init__(self, limiter: EndpointLimiter, stop: StopFn | None = None) -> None:
         self.limiter = limiter
         self.stop = stop
-        self._charged: dict[str, int] = {}
+        self._charged: dict[str, tuple[int, int]] = {}  # call id -> (tokens charged, prompt estimate)
         self._lock = threading.Lock()
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        charged = self.limiter.acquire(estimate_tokens(inputs), self.stop)
+        prompt = estimate_tokens(inputs)
+        charged = self.limiter.acquire(prompt, self.stop)
         with self._lock:
-            self._charged[call_id] = charged
+            self._charged[call_id] = (charged, prompt)
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         from dspy.utils.exceptions import LMRateLimitError
@@ -292,7 +293,7 @@ class LimiterCallback(BaseCallback):
         from tasks.retry import retry_after_seconds
 
         with self._lock:
-            charged = self._charged.pop(call_id, 0)
+            charged, prompt = self._charged.pop(call_id, (0, 0))
         completion = None
         if exception is None and isinstance(outputs, list):
             completion = sum(len(str(o)) for o in outputs) // 4
@@ -302,9 +303,7 @@ class LimiterCallback(BaseCallback):
             charged,
             throttled=throttled,
             retry_after=retry_after_seconds(exception) if throttled and exception is not None else None,
-            actual_tokens=None
-            if completion is None
-            else charged - int(self.limiter._completion_avg) + completion,
+            actual_tokens=None if completion is None else prompt + completion,
         )
 
 

@@ -145,3 +145,18 @@ def test_global_rate_takes_chunks_from_a_prefect_global_concurrency_limit():
     assert limit.slot_decay_per_second == pytest.approx(10.0) and limit.limit == 10
     # 30 units at 10/s with 10 slots to start from: the server made us wait for the rest.
     assert elapsed >= 1.0
+
+
+def test_tokens_are_charged_by_estimate_and_corrected_by_what_the_call_used():
+    clock = Clock()
+    limiter = ratelimit.EndpointLimiter("ep", tokens_per_minute=6000, clock=clock)  # 100 tokens/s
+    assert limiter.tokens is not None and limiter.requests is None
+    charged = limiter.acquire(estimated_tokens=20)  # prompt estimate + expected completion (64)
+    assert charged == 84
+    assert limiter.tokens.wait_time(100 - 84 + 1) > 0  # the charge left the bucket (100 tokens)
+    limiter.release(charged, actual_tokens=44)  # the call used 40 fewer: they come back
+    assert limiter.tokens.wait_time(100 - 84 + 40) == 0.0
+    callback = ratelimit.LimiterCallback(limiter)
+    callback.on_lm_start("call-1", None, {"messages": [{"role": "user", "content": "x" * 400}]})
+    callback.on_lm_end("call-1", ["y" * 40])
+    assert limiter.concurrency_limit == float("inf")  # no 429 seen: no back-off
