@@ -303,6 +303,7 @@ def stream_pipeline(
     mode: RunMode = "auto",
     continue_on_error: bool | None = None,
     chunk_rows: int | None = None,
+    resume: bool | None = None,
 ) -> PipelineStream:
     """Run a pipeline and iterate its output rows as they complete.
 
@@ -321,6 +322,7 @@ def stream_pipeline(
         mode: ``auto``, ``local`` or ``distributed`` (as for `run_pipeline`).
         continue_on_error: Override the spec's ``continue_on_error``.
         chunk_rows: Rows per chunk (default: `default_chunk_rows`).
+        resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``; `flows.resume`).
 
     Raises:
         Whatever `run_pipeline` raises, from the iteration, after every completed row was yielded.
@@ -339,6 +341,7 @@ def stream_pipeline(
                 continue_on_error=continue_on_error,
                 pipelined=True,
                 chunk_rows=chunk_rows,
+                resume=resume,
             )
         finally:
             _sink.reset(token)
