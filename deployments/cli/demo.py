@@ -136,6 +136,11 @@ def run(
             max_cost_usd=max_cost_usd or None,
         )
     except RunStoppedError as exc:  # a signal or the budget: partial output kept (issue 12)
+        stopped_partial = partial_ref_of(exc)
+        if stopped_partial is not None:
+            with contextlib.suppress(DSPexError):
+                kept = write_run_output(stopped_partial, output, spec.name)
+                console.print(f"completed rows written to {escape(kept)}")
         report_stopped(exc, console)
     except (ValidationError, DSPexError, yaml.YAMLError, json.JSONDecodeError) as exc:
         # A typo or a bad file is the user's to fix: say what and where, without a traceback.
