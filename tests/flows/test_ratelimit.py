@@ -156,6 +156,7 @@ def test_tokens_are_charged_by_estimate_and_corrected_by_what_the_call_used():
     assert limiter.tokens.wait_time(100 - 84 + 1) > 0  # the charge left the bucket (100 tokens)
     limiter.release(charged, actual_tokens=44)  # the call used 40 fewer: they come back
     assert limiter.tokens.wait_time(100 - 84 + 40) == 0.0
+    clock.now += 10  # the bucket refills
     callback = ratelimit.LimiterCallback(limiter)
     callback.on_lm_start("call-1", None, {"messages": [{"role": "user", "content": "x" * 400}]})
     callback.on_lm_end("call-1", ["y" * 40])
