@@ -70,6 +70,24 @@ def _wait(predicate, what, timeout=60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _emit_until(emit, predicate, what, timeout=150.0, every=10.0):
+    """Emit the trigger event until the server acts on it.
+
+    The triggers service only sees events that arrive after it loaded the automation, and on a
+    loaded 2-core machine loading can take longer than any fixed sleep: a repeated event (each a
+    new one) makes the test wait for the service instead of guessing how long it needs.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert emit() is not None
+        EventsWorker.drain_all()
+        try:
+            return _wait(predicate, what, timeout=min(every, max(deadline - time.monotonic(), 0.5)))
+        except AssertionError:
+            continue
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def test_breaker_pauses_the_deployment_and_drift_notifies(server, webhook, monkeypatch):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
@@ -102,28 +120,32 @@ def test_breaker_pauses_the_deployment_and_drift_notifies(server, webhook, monke
 
         # The breaker event as a run of that deployment emits it (the events worker adds the
         # deployment from the run context; outside a run the test names it).
-        sent = events.emit(
-            "dspex.breaker.opened",
-            {
-                "prefect.resource.id": "dspex.endpoint.openai/test-model",
-                "prefect.resource.name": "openai/test-model",
-            },
-            related=[
+        def breaker_opened():
+            return events.emit(
+                "dspex.breaker.opened",
                 {
-                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                    "prefect.resource.role": "deployment",
-                }
-            ],
-            payload={
-                "endpoint": "openai/test-model",
-                "failures": 5,
-                "reset_seconds": 30,
-                "reason": "HTTP 500",
-            },
+                    "prefect.resource.id": "dspex.endpoint.openai/test-model",
+                    "prefect.resource.name": "openai/test-model",
+                },
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                        "prefect.resource.role": "deployment",
+                    }
+                ],
+                payload={
+                    "endpoint": "openai/test-model",
+                    "failures": 5,
+                    "reset_seconds": 30,
+                    "reason": "HTTP 500",
+                },
+            )
+
+        _emit_until(
+            breaker_opened,
+            lambda: client.read_deployment(deployment_id).paused,
+            "the deployment to be paused",
         )
-        assert sent is not None
-        EventsWorker.drain_all()
-        _wait(lambda: client.read_deployment(deployment_id).paused, "the deployment to be paused")
 
         executed = _wait(
             lambda: (
@@ -145,12 +167,18 @@ def test_breaker_pauses_the_deployment_and_drift_notifies(server, webhook, monke
         note = next(m for m in received if "breaker opened" in m["subject"])
         assert "endpoint openai/test-model" in note["body"] and "after 5 consecutive" in note["body"]
 
-        with events.run_scope("nightly", "openai/test-model"):
-            drift = events.estimate_drift(
-                "answer", module="dspy.ChainOfThought", pool="general", estimated_ms=100.0, actual_ms=450.0
-            )
-        assert drift is not None
-        EventsWorker.drain_all()
-        _wait(lambda: any("drift" in m.get("subject", "") for m in received), "the drift notification")
+        def drifted():
+            with events.run_scope("nightly", "openai/test-model"):
+                return events.estimate_drift(
+                    "answer",
+                    module="dspy.ChainOfThought",
+                    pool="general",
+                    estimated_ms=100.0,
+                    actual_ms=450.0,
+                )
+
+        _emit_until(
+            drifted, lambda: any("drift" in m.get("subject", "") for m in received), "the drift notification"
+        )
         body = next(m for m in received if "drift" in m["subject"])["body"]
         assert "answer" in body and "4.5x" in body
