@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DSPEX_HOME", tempfile.mkdtemp(prefix="dspex-bench-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Every run must pay for its rows: with resume on, runs 2-3 would reuse run 1's rows and both the
+# throughput and the estimate-error figures would measure the resume store instead.
+os.environ["DSPEX_RESUME"] = "false"
 
 import dspex.bootstrap  # noqa: F401  (Prefect and LiteLLM environment before they load)
 from dspex.settings import get_settings
