@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,9 +48,13 @@ import ormsgpack
 from prefect.serializers import JSONSerializer, PickleSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Payload reads are fenced to the payload root: the benchmark's scratch folder is that root.
+LOCAL_DIR = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
+os.environ["DSPEX_PAYLOAD_URL"] = str(LOCAL_DIR)
+os.environ["DSPEX_DATA_ROOTS"] = json.dumps([str(LOCAL_DIR), "memory://bench-dspex"])
 
-from tasks.payloads import read_payload, write_payload
-from tasks.payloads.codecs.msgpack import gc_paused
+from tasks.payloads import read_payload, write_payload  # noqa: E402  (after the environment above)
+from tasks.payloads.codecs.msgpack import gc_paused  # noqa: E402
 
 __all__ = ["main"]
 
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     slow_repeats = max(1, min(2, repeats))  # Prefect pickle of 154 MB takes seconds per run
     json_ser, pickle_ser = JSONSerializer(), PickleSerializer()
     base = "memory://bench-dspex"
-    local_dir = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
+    local_dir = LOCAL_DIR
     ok = True
     try:
         # ---------------------------------------------------------------- (a) QA rows
