@@ -239,14 +239,6 @@ def _module_step(
         step, len(active), ctx.settings, ctx.availability, input_size=_row_chars(step, rows, active)
     )
     events.step_decided(decision, len(active))
-    _log(
-        "route %s: %s (%d rows, %d batches of %d)",
-        step.name,
-        decision.reason,
-        len(active),
-        decision.batches,
-        decision.batch_size,
-    )
     reused = 0
     if ctx.resume is not None:  # rows earlier runs completed are taken, not dispatched (flows.resume)
         done, active = ctx.resume.split(step, rows, active)
@@ -262,6 +254,8 @@ def _module_step(
                 len(active),
             )
     chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
+    # Logged after resume took its rows: the counts are the batches actually cut, and they add up.
+    _log("route %s: %s (%d rows in %s)", step.name, decision.reason, len(active), _batch_counts(chunks))
     ctx.batches_total += len(chunks)
     start = time.perf_counter()
     results = _dispatch_batches(step, rows, chunks, decision, ctx)
@@ -287,6 +281,16 @@ def _module_step(
     record = _record(step, decision, chunks, rows, actual_ms, reused, results)
     record.estimated_tokens, record.estimated_cost_usd = expected
     ctx.records.append(record)
+
+
+def _batch_counts(chunks: list[list[int]]) -> str:
+    """``"3 batches: 2 x 16 + 8"``: the batch sizes, so a log line's numbers add up to its rows."""
+    if not chunks:
+        return "0 batches"
+    sizes = [len(chunk) for chunk in chunks]
+    full, rest = sizes[0], sizes[-1]
+    parts = f"{len(sizes)} x {full}" if rest == full else f"{len(sizes) - 1} x {full} + {rest}"
+    return f"{len(sizes)} batch{'es' if len(sizes) != 1 else ''}: {parts}"
 
 
 def _row_chars(step: Any, rows: list[dict[str, Any]], active: list[int]) -> int | None:
