@@ -68,6 +68,7 @@ def merge_union_schema(
             "enum": kinds,
             "description": "Which kind of step; fill in the fields of that kind (each says which kinds use it). "
             "May be left empty when a kind's own field is set (e.g. module).",
+            "position": 0,
         }
     }
     for name, variants in fields.items():
@@ -95,7 +96,14 @@ def merge_union_schema(
             # None first, so a step of another kind submits no half-filled object.
             alternatives = [{"type": "null"}, *alternatives]
         field: dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
-        merged[name] = {**field, "title": variants[0][1].get("title", name), "description": described}
+        # `position` orders the UI's fields: the server stores schemas as JSONB, which re-sorts object
+        # keys (by length), so without it the Kind select lands among the other fields.
+        merged[name] = {
+            **field,
+            "title": variants[0][1].get("title", name),
+            "description": described,
+            "position": len(merged),
+        }
     return {
         "type": "object",
         "title": title,

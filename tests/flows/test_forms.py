@@ -167,3 +167,13 @@ def test_what_the_step_form_submits_validates_and_a_filled_foreign_field_still_f
     assert PipelineSpec.model_validate({"name": "f", "steps": [blank_kind]}).steps[0].kind == "module"
     with pytest.raises(ValueError, match="module"):
         PipelineSpec.model_validate({"name": "f", "steps": [{**submitted, "module": "dspy.Predict"}]})
+
+
+def test_step_form_fields_carry_positions_with_kind_first():
+    # The server keeps schemas as JSONB, which re-sorts object keys; the UI orders fields by
+    # `position`, so without it the Kind select showed up between K, Map and Url.
+    step = schema_of(run_pipeline)["definitions"]["Step"]["properties"]
+    positions = {name: prop["position"] for name, prop in step.items()}
+    assert positions["kind"] == 0
+    assert sorted(positions.values()) == list(range(len(positions)))
+    assert positions["module"] < positions["signature"] < positions["retrieve"]
