@@ -131,7 +131,10 @@ stream = stream_pipeline(spec, [{"question": f"q{i} slow?"} for i in range(200)]
 print(json.dumps({"spool": str(stream.partial_path)}), flush=True)
 try:
     for row in stream:
-        print(json.dumps(row), flush=True)
+        # One write per line (print writes the text and the newline apart, and Ctrl-C may land
+        # between them), as `dspex run --stream` does.
+        sys.stdout.write(json.dumps(row) + "\\n")
+        sys.stdout.flush()
 except KeyboardInterrupt:
     print(json.dumps({"interrupted": True}), flush=True)
     raise
