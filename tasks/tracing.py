@@ -174,16 +174,13 @@ def trace_run(pipeline: str, *, settings: Any, rows: int, lm_model: str | None =
         attributes["gen_ai.request.model"] = lm_model
     token = _TRACER.set(tracer)
     callbacks = [*(dspy.settings.get("callbacks") or []), SpanCallback(tracer, flow_run_id=flow_run)]
-    span, otel_token, parent_token = _open_span(tracer, f"dspex.pipeline {pipeline}", attributes)
     try:
-        with dspy.context(callbacks=callbacks):
+        with (
+            _span(tracer, f"dspex.pipeline {pipeline}", attributes) as span,
+            dspy.context(callbacks=callbacks),
+        ):
             yield span
-    except BaseException as exc:
-        _record_error(span, exc)
-        raise
     finally:
-        _close_span(otel_token, parent_token)
-        span.end()
         _TRACER.reset(token)
 
 
@@ -197,7 +194,14 @@ def _record_error(span: Any, exc: BaseException) -> None:
 @contextlib.contextmanager
 def _step(tracer: Any, name: str, kind: str, rows: int) -> Iterator[Any]:
     attributes = {"dspex.step": name, "dspex.step.kind": kind, "dspex.rows": rows}
-    span, otel_token, parent_token = _open_span(tracer, f"dspex.step {name}", attributes)
+    with _span(tracer, f"dspex.step {name}", attributes) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def _span(tracer: Any, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+    """A DSPex span around a block: the parent of spans opened inside it; errors mark it failed."""
+    span, otel_token, parent_token = _open_span(tracer, name, attributes)
     try:
         yield span
     except BaseException as exc:
