@@ -253,6 +253,24 @@ class Settings(BaseSettings):
         description="OpenTelemetry spans for module and LM calls: auto (on when OTEL_EXPORTER_OTLP_ENDPOINT "
         "is set or a tracer provider was installed by the caller), on, or off. Needs the [tracing] extra.",
     )
+    tracing_head_rows: int = Field(
+        default=20,
+        ge=0,
+        description="Rows of each step whose module and LM calls are all traced before sampling starts.",
+    )
+    tracing_sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="After the head, the probability that a row is traced in full (within the rate limit).",
+    )
+    tracing_max_rows_per_second: float = Field(
+        default=5.0,
+        ge=0,
+        description="After the head, at most this many rows a second per step are traced in full (0: no "
+        "limit, so with a sample rate of 1 every row is). Failed attempts and every batch's totals are "
+        "traced whatever the sample.",
+    )
 
     # --- sessions and the shared local server (issue 15) ---------------------------------------
     session_url: str | None = Field(

@@ -187,11 +187,18 @@ class RemoteDispatcher:
         return self.dispatch(step, rows, str(decision.pool), batch_key, getattr(decision, "timeout_s", None))
 
     def dispatch(
-        self, step: Any, rows: list[dict[str, Any]], pool: str, batch_key: str, timeout_s: float | None = None
+        self,
+        step: Any,
+        rows: list[dict[str, Any]],
+        pool: str,
+        batch_key: str,
+        timeout_s: float | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> BatchResult:
         """Run one batch on ``pool``'s run-step deployment and return its result.
 
         The result's ``pool`` names the pool that actually ran it (after any fallback).
+        ``trace_context`` (from `tasks.tracing.dispatch_span`) lets the worker continue the run's trace.
 
         Raises:
             PoolUnavailableError: The pool had no live worker for ``worker_grace_seconds`` and the
@@ -209,6 +216,8 @@ class RemoteDispatcher:
         }
         if timeout_s is not None:
             parameters["timeout_s"] = timeout_s
+        if trace_context:
+            parameters["trace_context"] = trace_context
         attempts = self.settings.task_retries + 1
         failures: list[str] = []
         while True:

@@ -24,6 +24,7 @@ from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
 from flows.resume import RESULTS_PREFIX, read_batch_result, result_ref_uri, write_batch_result
 from flows.spec import ModuleStep, RetrieveStep
+from tasks import tracing
 from tasks.batch import BatchResult
 from tasks.payloads import PayloadRef, read_rows
 
@@ -67,6 +68,7 @@ def execute_step_batch(
     settings: Settings,
     lm: Any = None,
     timeout_s: float | None = None,
+    trace_rows: frozenset[int] | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool executor.
 
@@ -81,11 +83,21 @@ def execute_step_batch(
         settings: This worker's settings.
         lm: The LM for module steps (default: built from ``settings``).
         timeout_s: Longest the batch may take (the orchestrator's route decision).
+        trace_rows: In a traced run, the rows to trace in full (the orchestrator's sample).
     """
     from flows.executors.run import run_batch
 
     # A worker is one of several processes calling the provider: its rate limits are shared.
-    return run_batch(step, rows, pool=pool, settings=settings, lm=lm, timeout_s=timeout_s, shared_limits=True)
+    return run_batch(
+        step,
+        rows,
+        pool=pool,
+        settings=settings,
+        lm=lm,
+        timeout_s=timeout_s,
+        shared_limits=True,
+        trace_rows=trace_rows,
+    )
 
 
 @flow(
@@ -100,6 +112,7 @@ def run_step(
     batch_key: str,
     pool: str = "general",
     timeout_s: float | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> PayloadRef:
     """Run one batch of ``step`` over the rows ``batch`` refers to; store the result by key.
 
@@ -109,6 +122,8 @@ def run_step(
         batch_key: The batch's identity; its result is stored under ``results/<batch_key>``.
         pool: The pool this deployment serves (sizes the executor).
         timeout_s: Longest the batch may take (rows cut off fail, rows not started are not attempted).
+        trace_context: The orchestrator's W3C trace context: when this worker can export spans
+            (``OTEL_EXPORTER_OTLP_ENDPOINT``), the batch's spans join the run's trace.
 
     Returns:
         The reference of the stored `BatchResult`.
@@ -122,9 +137,16 @@ def run_step(
     parsed = parse_step(step)
     rows = read_rows(batch)
     logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
-    result = execute_step_batch(
-        parsed, rows, batch_key=batch_key, pool=pool, settings=settings, timeout_s=timeout_s
-    )
+    with tracing.continue_trace(trace_context, settings) as trace_rows:
+        result = execute_step_batch(
+            parsed,
+            rows,
+            batch_key=batch_key,
+            pool=pool,
+            settings=settings,
+            timeout_s=timeout_s,
+            trace_rows=trace_rows,
+        )
     ref = write_batch_result(result, batch_key)
     logger.info("batch %s done: %d failed of %d; result %s", batch_key, result.failed, len(rows), ref.uri)
     return ref

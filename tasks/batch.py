@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dspex.exceptions import InputValidationError, is_retryable
 from dspex.redact import redact
+from tasks import tracing
 from tasks.modules import build_module, program_input_names
 from tasks.retry import RetryPolicy
 from tasks.rows import MISSING, get_field, to_jsonable
@@ -164,17 +165,26 @@ def _call(
     names: list[str] | None,
     callbacks: list[Any],
     usages: list[Usage] | None = None,
+    trace: tracing.BatchTrace | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if lm is not None:
         overrides["lm"] = lm
+    if trace is not None:
+        callbacks = [*trace.callbacks(index), *callbacks]
     if callbacks:
         overrides["callbacks"] = [*(dspy.settings.get("callbacks") or []), *callbacks]
     # Usage is tracked per attempt, failed ones included: they were paid for too.
     tracked = UsageBox()
+    started = time.time_ns()
     try:
         with track(tracked), dspy.context(**overrides):
             prediction = module(**kwargs)
+    except BaseException as exc:
+        if trace is not None:
+            trace.failed(index, module, exc, started)
+        raise
     finally:
         if usages is not None:
             usages.append(tracked.value)  # list.append is atomic across the pool's threads
@@ -273,6 +283,7 @@ def execute_module_batch(
     abandoned = threading.Event()
     futures: dict[int, Future[Any]] = {}
     usages: list[Usage] = []
+    trace = tracing.current_batch()
     for i, row in enumerate(rows):
         try:
             kwargs = _row_inputs(step, row, input_names)
@@ -282,8 +293,8 @@ def execute_module_batch(
             errors[i] = RowError(type=type(exc).__name__, message=str(exc), retryable=False)
             continue
 
-        def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
-            produced = _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages)
+        def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs, index: int = i) -> dict[str, Any]:
+            produced = _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages, trace, index)
             missing = [name for name in must_produce if produced.get(name) is None]
             if missing:
                 raise ValueError(

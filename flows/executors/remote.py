@@ -22,6 +22,7 @@ from flows.circuit import breaker_for
 from flows.distributed import RemoteDispatcher
 from flows.executors.base import BatchExecutor, BatchRequest, ResultStore
 from flows.executors.guard import endpoint_of
+from tasks import tracing
 from tasks.batch import BatchResult, RowError, not_attempted_result
 
 __all__ = ["TRANSPORT_ERROR_TYPES", "RemoteExecutor"]
@@ -90,9 +91,15 @@ class RemoteExecutor(BatchExecutor):
     def _dispatch(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
         try:
-            return self.dispatcher.dispatch(
-                request.step, request.rows, request.pool, request.batch_key, request.timeout_s
-            )
+            with tracing.dispatch_span(str(request.step.name), request.pool, n, request.batch_key) as carrier:
+                return self.dispatcher.dispatch(
+                    request.step,
+                    request.rows,
+                    request.pool,
+                    request.batch_key,
+                    request.timeout_s,
+                    trace_context=carrier,
+                )
         except PoolUnavailableError:
             raise  # a policy decision (fallback 'fail'): the run fails fast, as the router would
         except DSPexError as exc:

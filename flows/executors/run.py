@@ -17,6 +17,7 @@ from dspex.exceptions import is_retryable
 from dspex.settings import Settings
 from flows.executors.guard import guard_for
 from flows.pools import get_local_pool
+from tasks import tracing
 from tasks.batch import BatchResult, RowError, execute_module_batch, not_attempted_result
 from tasks.retry import RetryPolicy
 
@@ -34,6 +35,7 @@ def run_batch(
     stop: Callable[[], bool] | None = None,
     on_row_failed: Callable[[BaseException], None] | None = None,
     shared_limits: bool | None = None,
+    trace_rows: frozenset[int] | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool ``pool``.
 
@@ -47,10 +49,29 @@ def run_batch(
         stop: The run's stop flag (rows not yet tried when it turns true are not attempted).
         on_row_failed: Called with each row's final error.
         shared_limits: Share the LM rate limits across processes (a worker: True; default: by mode).
+        trace_rows: In a traced run, the rows to trace in full (default: the run's sampler chooses).
 
     Returns:
         The batch's result; it never raises for a row's or an LM's failure.
     """
+    with tracing.batch_span(str(step.name), pool, len(rows), trace_rows) as trace:
+        result = _run_batch(step, rows, pool, settings, lm, timeout_s, stop, on_row_failed, shared_limits)
+        if trace is not None:
+            trace.finish(result)
+    return result
+
+
+def _run_batch(
+    step: Any,
+    rows: list[dict[str, Any]],
+    pool: str,
+    settings: Settings,
+    lm: Any,
+    timeout_s: float | None,
+    stop: Callable[[], bool] | None,
+    on_row_failed: Callable[[BaseException], None] | None,
+    shared_limits: bool | None,
+) -> BatchResult:
     start = time.perf_counter()
     stop = stop or (lambda: False)
     local = get_local_pool(pool, settings)

@@ -117,7 +117,7 @@ class FakeDispatcher:
     def availability(self, pool):
         return True, "ok"
 
-    def dispatch(self, step, rows, pool, batch_key, timeout_s=None):
+    def dispatch(self, step, rows, pool, batch_key, timeout_s=None, trace_context=None):
         self.dispatched += 1
         return self.result.model_copy(update={"pool": "general"})
 
