@@ -17,6 +17,10 @@ point in ``pyproject.toml`` naming this module), so Prefect's own ``prefect work
 general`` finds it. Started that way, the worker applies the same defaults ``dspex worker`` sets
 (`apply_worker_defaults`): fast polling and heartbeats, a DSPy cache folder of its own, no GPU outside
 the gpu pool, and no flow-run heartbeats; a variable the user set explicitly always wins.
+
+Queues named with ``--work-queue`` that the pool lacks are created when the worker starts (a session
+affinity queue of its own, docs/deployment.md section 11): Prefect's server refuses a poll that names a
+missing queue, so without them the worker would take no run at all, not even from ``default``.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         apply_worker_defaults(work_pool_name, self.name)
         self._flows: dict[str, Flow[..., Any]] = {}
         self._flows_lock = threading.Lock()
+        self._queues_ready = False
         self._threads = ThreadPoolExecutor(max_workers=max(limit or 8, 1), thread_name_prefix="dspex-run")
 
     async def start(self, *args: Any, **kwargs: Any) -> None:
@@ -138,6 +143,51 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
             return
         with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: DEFAULT_QUERY_SECONDS}):
             await super().start(*args, **kwargs)
+
+    async def sync_with_backend(self) -> None:
+        """Create the missing ``--work-queue`` queues (until that succeeds), then Prefect's own sync."""
+        if not self._queues_ready:
+            self._queues_ready = await self._ensure_work_queues()
+        await super().sync_with_backend()
+
+    async def _ensure_work_queues(self) -> bool:
+        """Create the queues this worker polls that its pool lacks; warn when the affinity queue is not one.
+
+        Prefect 3.8.8's server answers a poll naming a missing queue with 404 for the whole poll, and
+        its worker takes that as "no runs": ``prefect worker start --pool general --work-queue default
+        --work-queue worker-a`` would register, heartbeat, and never run anything.
+
+        Returns:
+            Whether the queues are all there (False while the pool itself is missing: retried at the
+            next sync, after Prefect's own sync may have created the pool).
+        """
+        from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+        from dspex.settings import get_settings
+
+        affinity = get_settings().session_affinity_queue
+        if affinity and self._work_queues and affinity not in self._work_queues:
+            self._logger.warning(
+                "DSPEX_SESSION_AFFINITY_QUEUE=%s but this worker polls only %s: session turns sent to "
+                "that queue wait for a worker that polls it (add --work-queue %s)",
+                affinity,
+                sorted(self._work_queues),
+                affinity,
+            )
+        for name in sorted(self._work_queues):
+            try:
+                await self.client.read_work_queue_by_name(name, work_pool_name=self._work_pool_name)
+                continue
+            except ObjectNotFound:
+                pass
+            try:
+                await self.client.create_work_queue(name=name, work_pool_name=self._work_pool_name)
+            except ObjectAlreadyExists:  # another worker created it meanwhile
+                continue
+            except ObjectNotFound:  # no such pool (yet)
+                return False
+            self._logger.info("created work queue %r in pool %r", name, self._work_pool_name)
+        return True
 
     async def teardown(self, *exc_info: Any) -> None:
         """Stop the run threads after the base worker's own cleanup."""

@@ -130,3 +130,37 @@ def test_a_dspex_worker_preloads_the_run_step_flow_so_a_fresh_worker_is_fast(mon
     assert worker.heartbeat_interval_seconds == 5  # Prefect's 30 s default would notice a dead worker late
     worker._preload()
     assert worker._flows["flows/step_runner.py:run_step"] is run_step
+
+
+@pytest.mark.integration
+def test_a_dspex_worker_creates_the_queues_it_polls_that_its_pool_lacks(monkeypatch):
+    """``--work-queue worker-a`` on a pool without that queue: Prefect's server refuses every poll that
+    names it, so the worker would take no run at all (docs/deployment.md section 11)."""
+    import os
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    for key in ("PREFECT__WORKER_NAME", "PREFECT__WORKER_ID"):  # a started worker sets them: undo after
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+    async def scenario():
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="queues-test", type="dspex"), overwrite=True)
+            with pytest.raises(ObjectNotFound):
+                await client.read_work_queue_by_name("worker-q", work_pool_name="queues-test")
+            worker = DSPexWorker("queues-test", name="queues-test", work_queues=["default", "worker-q"])
+            async with worker:  # setup syncs with the server once
+                runs = await worker.get_and_submit_flow_runs()
+            queue = await client.read_work_queue_by_name("worker-q", work_pool_name="queues-test")
+            missing_pool = DSPexWorker("no-such-pool", name="queues-test-2", work_queues=["worker-q"])
+            missing_pool._client = client
+            return runs, queue, await missing_pool._ensure_work_queues()
+
+    runs, queue, missing_pool_ready = run_coro_as_sync(scenario())
+    assert runs == [] and queue.name == "worker-q" and queue.work_pool_name == "queues-test"
+    assert missing_pool_ready is False  # retried at the next sync
