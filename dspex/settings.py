@@ -298,6 +298,13 @@ class Settings(BaseSettings):
         description="On a worker: a work queue of its pool that only this worker polls (besides the "
         "default one). Sessions whose last turn it served send their next turns there while it polls.",
     )
+    session_affinity_live_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="dispatch_turn sends a session's next turn to its last worker's affinity queue only "
+        "while that queue was polled within this many seconds (else to the pool's default queue); keep it "
+        "well above the workers' poll interval.",
+    )
     shared_server: bool = Field(
         default=True,
         description="CLI runs (dspex run/demo/ui) use one local Prefect server in <home>, started on first "

@@ -10,9 +10,9 @@ turn is fastest on the worker that served its last one. A worker started with
 ``DSPEX_SESSION_AFFINITY_QUEUE=<queue>`` and polling that queue besides ``default``
 (``prefect worker start --pool general --work-queue default --work-queue <queue>``) records the
 queue on every session it serves; `dispatch_turn` then sends the session's next turn to that queue
-while the worker is live (it polled within ``affinity_live_seconds``), and to the pool's default
-queue otherwise, so a dead worker never strands a session: any worker can load it from the shared
-store (``DSPEX_SESSION_URL``).
+while the worker is live (it polled within ``DSPEX_SESSION_AFFINITY_LIVE_SECONDS``), and to the
+pool's default queue otherwise, so a dead worker never strands a session: any worker can load it from
+the shared store (``DSPEX_SESSION_URL``).
 
 ``cleanup-sessions`` removes sessions whose TTL passed or that were closed; ``prefect.yaml`` runs it
 on a schedule.
@@ -145,13 +145,16 @@ def cleanup_sessions() -> list[str]:
     return removed
 
 
-async def preferred_queue(session_id: str, pool: str, *, affinity_live_seconds: float = 60.0) -> str | None:
+async def preferred_queue(
+    session_id: str, pool: str, *, affinity_live_seconds: float | None = None
+) -> str | None:
     """The work queue a session's next turn should go to: its last worker's queue while it polls.
 
     Args:
         session_id: The session.
         pool: The work pool serving ``session-turn``.
-        affinity_live_seconds: How recently the queue must have been polled to count as live.
+        affinity_live_seconds: How recently the queue must have been polled to count as live
+            (default ``DSPEX_SESSION_AFFINITY_LIVE_SECONDS``, 60 s).
 
     Returns:
         The queue name, or None for the pool's default queue (no affinity, or the worker is gone).
@@ -161,7 +164,10 @@ async def preferred_queue(session_id: str, pool: str, *, affinity_live_seconds: 
 
     from flows.session_store import get_store
 
-    record = get_store().load(session_id)
+    settings = get_settings()
+    if affinity_live_seconds is None:
+        affinity_live_seconds = settings.session_affinity_live_seconds
+    record = get_store(settings).load(session_id)
     if not record.work_queue or not record.live:
         return None
     async with get_client() as client:

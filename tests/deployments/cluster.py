@@ -134,10 +134,16 @@ class Cluster:
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, key: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``args`` with the cluster's environment, plus ``env`` for this process only."""
         with open(self.logs / f"{key}.log", "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                cwd=REPO,
+                env=self.env | (env or {}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.procs[key] = proc
         return proc
@@ -183,10 +189,18 @@ class Cluster:
         self.run(str(BIN / "dspex"), "pools", "create")
         self.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", timeout=300)
 
-    def start_prefect_worker(self, pool: str, name: str) -> subprocess.Popen[bytes]:
-        """``prefect worker start --pool POOL``: the command Prefect itself prints after a deploy."""
+    def start_prefect_worker(
+        self, pool: str, name: str, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``prefect worker start --pool POOL``: the command Prefect itself prints after a deploy.
+
+        ``extra`` goes on its command line (``--work-queue default --work-queue mine``); ``env`` is
+        added to this worker's environment only (``DSPEX_SESSION_AFFINITY_QUEUE``).
+        """
         return self._spawn(
-            f"worker-{name}", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name]
+            f"worker-{name}",
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, *extra],
+            env=env,
         )
 
     def start_worker(self, pool: str, name: str, *extra: str) -> subprocess.Popen[bytes]:

@@ -62,7 +62,7 @@ def test_cleanup_sessions_flow_removes_expired_and_closed_only():
     assert get_session(live.id).id == live.id
 
 
-def test_preferred_queue_only_while_the_workers_queue_is_polled():
+def test_preferred_queue_only_while_the_workers_queue_is_polled(monkeypatch):
     session = open_session(QA)
 
     def preferred(**kwargs):
@@ -85,5 +85,8 @@ def test_preferred_queue_only_while_the_workers_queue_is_polled():
     )
     assert preferred() == "worker-a"  # its worker is live
     assert preferred(affinity_live_seconds=0) is None
+    monkeypatch.setenv("DSPEX_SESSION_AFFINITY_LIVE_SECONDS", "0.001")  # what dispatch_turn uses
+    assert preferred() is None
+    monkeypatch.delenv("DSPEX_SESSION_AFFINITY_LIVE_SECONDS")
     session.close()
     assert preferred() is None  # closed: no affinity
