@@ -29,6 +29,7 @@ from typing import Any
 
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, run_steps
 from flows.modes import RunMode
+from flows.pools import priority
 from flows.spec import ModuleStep
 
 __all__ = [
@@ -45,7 +46,7 @@ Sink = Callable[[list[dict[str, Any]]], None]
 
 # The flow reads its sink from here: a callable cannot be a flow parameter (parameters are stored).
 _sink: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("dspex_stream_sink", default=None)
-_MAX_CONCURRENT_CHUNKS = 16
+_MAX_CONCURRENT_CHUNKS = 64
 _FIRST_CHUNK_ROWS = 8
 
 
@@ -137,22 +138,45 @@ def _run_chunked(
     sink: Sink | None,
     cancel: threading.Event | None,
 ) -> None:
-    chunks = [rows[start:end] for start, end in chunk_bounds(len(rows), size)]
+    bounds = chunk_bounds(len(rows), size)
+    chunks = [rows[start:end] for start, end in bounds]
+    # The ramp-up: the leading chunks smaller than `size` (a short last chunk is not one of them).
+    ramp = next((n for n, (start, end) in enumerate(bounds) if end - start >= size), len(bounds))
     contexts = [
         dataclasses.replace(ctx, records=[], stop=False, batches_total=0, batches_done=0, on_progress=None)
         for _ in chunks
     ]
     parent = contextvars.copy_context()  # the flow run's context: Prefect tasks submit from it
 
+    # The other chunks start once the first chunk is through its first step: starting 30-odd
+    # chunks at once (a task run per batch each) would compete with the first rows for the
+    # interpreter. They then queue in the pool by priority (`_rank`).
+    opened = threading.Event()
+    if ramp == 0:
+        opened.set()
+
     def run(index: int) -> int:
-        if ctx.stop or (cancel is not None and cancel.is_set()):
-            contexts[index].stop = True
+        while index >= ramp and not opened.wait(0.1):
+            if ctx.stop or (cancel is not None and cancel.is_set()):
+                break
+        try:
+            for position, step in enumerate(steps):
+                if ctx.stop or (cancel is not None and cancel.is_set()):
+                    contexts[index].stop = True
+                    return index
+                with priority(_rank(index, position, ramp=index < ramp)):
+                    run_steps([step], chunks[index], contexts[index])
+                if index == 0:
+                    opened.set()
+                if contexts[index].stop:
+                    break
             return index
-        run_steps(steps, chunks[index], contexts[index])
-        return index
+        finally:
+            if index == 0:
+                opened.set()
 
     done = 0
-    workers = _chunks_in_flight(ctx, size, len(chunks))
+    workers = min(len(chunks), _MAX_CONCURRENT_CHUNKS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-chunk") as executor:
         pending: set[Future[int]] = {executor.submit(parent.copy().run, run, i) for i in range(len(chunks))}
         try:
@@ -177,13 +201,18 @@ def _run_chunked(
         ctx.stop = True
 
 
-def _chunks_in_flight(ctx: EngineContext, size: int, n_chunks: int) -> int:
-    """Chunks run at once: enough to keep the largest pool busy, and no more, so the earliest chunks
-    get the pool first and come out early (all chunks at once would share it fairly and all finish
-    near the end, like the barrier engine)."""
-    capacity = max(ctx.settings.pool_capacity(pool) for pool in ("general", "optimizer", "gpu"))
-    wanted = -(-capacity // size) + 1
-    return max(1, min(n_chunks, wanted, _MAX_CONCURRENT_CHUNKS))
+def _rank(chunk: int, step: int, *, ramp: bool) -> tuple[int, int, int]:
+    """The pool priority of a chunk's rows in one step (lower runs first).
+
+    The ramp-up chunks (`chunk_bounds`' first, smaller chunks) go through every step ahead of everything else, so
+    the first rows come out after a few LM calls. After them, earlier steps go first, and earlier
+    chunks within a step: every chunk's first step is started as early as it can be (a slow batch
+    anywhere starts early, not last), and the later steps of finished chunks fill the pool behind
+    it instead of waiting for it, as the barrier engine would.
+    """
+    if ramp:
+        return (0, chunk, step)
+    return (1, step, chunk)
 
 
 def _stop_all(ctx: EngineContext, contexts: list[EngineContext]) -> None:
@@ -225,6 +254,8 @@ def _merge(per_chunk: list[list[StepRecord]]) -> list[StepRecord]:
 # --- the caller's iterator ------------------------------------------------------------------------
 
 _DONE = object()
+#: Longest an interrupted stream waits for its run to wind down.
+_WIND_DOWN_S = 120.0
 
 
 class PipelineStream:
@@ -262,8 +293,11 @@ class PipelineStream:
                     spool.flush()  # before the rows are handed out: the spool is never behind
                     yield from item
         finally:
-            self._cancel.set()  # a consumer that stops early (or Ctrl+C) stops the run
-        self._thread.join()
+            # A consumer that stops early (or Ctrl+C) stops the run, and waits for it to wind down
+            # (rows in flight finish their call, nothing new starts, the flow run records its end),
+            # so the process never exits under a run that is still writing its state and output.
+            self._cancel.set()
+            self._thread.join(timeout=_WIND_DOWN_S)
         if self.error is not None:
             raise self.error
 

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -144,21 +146,35 @@ except KeyboardInterrupt:
 def test_sigint_during_a_stream_leaves_the_partial_output_readable():
     from prefect.settings import PREFECT_API_URL
 
-    with openai_server(responder=lambda m: _offline(m, delay=0.3)) as server:
+    with (
+        openai_server(responder=lambda m: _offline(m, delay=0.3)) as server,
+        tempfile.TemporaryFile("w+") as errors,
+    ):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         proc = subprocess.Popen(
             [sys.executable, "-c", _INTERRUPTED, server.base_url],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=errors,
             text=True,
         )
         assert proc.stdout is not None
         spool = Path(json.loads(proc.stdout.readline())["spool"])
         printed = [json.loads(proc.stdout.readline()) for _ in range(4)]
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
+        # Read the rest through the same buffered stream (communicate() would read the pipe itself
+        # and miss the lines readline() already buffered); a watchdog bounds the wait.
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        try:
+            rest = proc.stdout.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            proc.stdout.close()
+        errors.seek(0)
+        err = errors.read()
     assert proc.returncode != 0  # the interrupt propagated
     lines = [json.loads(line) for line in rest.splitlines()]
     assert lines[-1] == {"interrupted": True}, err[-2000:]
