@@ -9,10 +9,12 @@ median wall times (target: on <= 1.03 x off). A third setting, events only, sepa
   samples nothing (so Prefect's own run spans are not recorded either).
 * **events**: events on, tracing off.
 * **on**: events on (``dspex.step.routed``, ``dspex.run.summary``... to the embedded Prefect server),
-  ``DSPEX_TRACING=on``, every span recorded and batched to an exporter (in memory, cleared per run):
-  one span per run, step, module call and LM call, plus Prefect's flow- and task-run spans.
+  ``DSPEX_TRACING=on`` with the default sampling, every span recorded and batched to an exporter (in
+  memory, cleared per run): one span per run, step and batch, and module and LM spans for the sampled
+  rows (each step's first 20, then at most 5 a second; `tasks.tracing`).
 
-Run: ``.venv/bin/python benchmarks/telemetry.py`` (``--quick``: 800 rows; ``--repeats N``).
+Run: ``.venv/bin/python benchmarks/telemetry.py`` (``--quick``: 800 rows; ``--repeats N``;
+``--every-row``: trace every row's module and LM calls, no sampling).
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="800 rows instead of 4,000")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (alternating)")
+    parser.add_argument("--every-row", action="store_true", help="no sampling: trace every row in full")
     args = parser.parse_args()
+    if args.every_row:
+        os.environ["DSPEX_TRACING_MAX_ROWS_PER_SECOND"] = "0"
+        os.environ["DSPEX_TRACING_SAMPLE_RATE"] = "1"
     n = args.rows or (800 if args.quick else 4000)
 
     import dspy
@@ -117,7 +123,11 @@ def main() -> int:
                 spans.append(len(exporter.get_finished_spans()))
 
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    print(f"rows: {n}, LM latency {LATENCY_S * 1000:.0f} ms, runs per setting: {args.repeats} (alternating)")
+    sampling = "every row" if args.every_row else "default sampling"
+    print(
+        f"rows: {n}, LM latency {LATENCY_S * 1000:.0f} ms, runs per setting: {args.repeats} (alternating), "
+        f"tracing: {sampling}"
+    )
     print(f"{'setting':<8}{'median s':>10}{'runs (s)':>30}")
     for setting in settings:
         runs = ", ".join(f"{t:.2f}" for t in times[setting])
