@@ -13,7 +13,8 @@ complete). Targets: the first pipelined row <= 10% of the barrier's total time; 
 
 Then the cold start (``--cold-start``): the wall time of a ``dspex run`` process with a 10-row spec
 until its first output row (``--stream``), cold (a fresh Prefect server per process, Prefect's
-default) and warm (the shared local server of `dspex.local_server` already up); target warm <= 3 s.
+default) and warm (the shared local server of `dspex.local_server` and its warm runner,
+`dspex.warm_runner`, already up); target warm <= 3 s.
 
 Run: ``.venv/bin/python benchmarks/streaming.py`` (``--quick``: 600 rows; ``--cold-start`` adds the
 CLI measurement).
@@ -116,7 +117,7 @@ def cold_start_figures() -> tuple[float, float, float]:
         "".join(json.dumps({"question": f"What is item {i}?"}) + "\n" for i in range(10))
     )
     # `dspex` itself, from this checkout (the console script's entry point, run by this interpreter).
-    dspex = [sys.executable, "-c", "from deployments.cli import main; main()"]
+    dspex = [sys.executable, "-c", "from dspex.warm_runner import main; main()"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DSPEX_", "PREFECT_"))}
     base["DSPEX_HOME"] = str(work / ".dspex")
     base["PYTHONPATH"] = str(ROOT)
@@ -142,7 +143,11 @@ def cold_start_figures() -> tuple[float, float, float]:
     subprocess.run([sys.executable, "-c", "import deployments.cli, flows"], env=base, cwd=work, check=True)
     imports = time.perf_counter() - start
     cold = first_row({**base, "DSPEX_SHARED_SERVER": "false"})
-    first_row(base)  # starts the shared server (its cost is the cold figure's, paid once)
+    first_row(base)  # starts the shared server and the warm runner (paid once, like the cold figure)
+    runner = work / ".dspex" / "server" / "runner.sock"
+    deadline = time.monotonic() + 60
+    while not runner.exists() and time.monotonic() < deadline:  # the runner imports in the background
+        time.sleep(0.2)
     warm = min(first_row(base) for _ in range(2))
     subprocess.run([*dspex, "server", "stop"], cwd=work, env=base, capture_output=True, check=False)
     return imports, cold, warm
@@ -180,7 +185,7 @@ def main() -> int:
         print(f"python imports alone (the floor): {imports:.2f}")
         print(f"cold (a Prefect server per process): {cold:.2f}")
         print(
-            f"warm (shared local server up):       {warm:.2f}   target <= 3 s   {'PASS' if warm <= 3 else 'FAIL'}"
+            f"warm (server and runner up):         {warm:.2f}   target <= 3 s   {'PASS' if warm <= 3 else 'FAIL'}"
         )
         print(f"warm minus imports:                  {warm - imports:.2f}")
         ok = ok and warm <= 3

@@ -34,7 +34,17 @@ from pathlib import Path
 from dspex.redact import install_log_redaction
 from dspex.settings import get_settings
 
-__all__ = ["configure_prefect", "embedded"]
+__all__ = ["configure_prefect", "embedded", "original_environment"]
+
+#: The process's environment before DSPex defaulted anything in it (processes it starts on the
+#: user's behalf, such as the warm runner, get this one).
+_ORIGINAL_ENVIRONMENT = dict(os.environ)
+
+
+def original_environment() -> dict[str, str]:
+    """The environment as it was before this module defaulted Prefect's variables in it."""
+    return dict(_ORIGINAL_ENVIRONMENT)
+
 
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

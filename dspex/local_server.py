@@ -108,6 +108,8 @@ def use_shared_server(*, force: bool = False, settings: Settings | None = None) 
     _register_client(folder)
     with _start_lock(folder):
         state = server_status(settings) or _start(settings, folder)
+        if settings.warm_runner and "PYTEST_CURRENT_TEST" not in os.environ:
+            _ensure_runner(settings, folder)
     url = str(state["url"])
     os.environ["PREFECT_API_URL"] = url
     import prefect.context
@@ -123,6 +125,8 @@ def stop_shared_server(settings: Settings | None = None, timeout: float = 20.0) 
         state = json.loads((folder / "server.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    with contextlib.suppress(OSError, ValueError):  # the warm runner goes with the server
+        os.kill(int((folder / "runner.pid").read_text(encoding="utf-8")), signal.SIGTERM)
     supervisor = int(state.get("supervisor", 0))
     if not supervisor or not _pid_alive(supervisor):
         return False
@@ -203,6 +207,27 @@ def _start(settings: Settings, folder: Path) -> dict[str, Any]:
     raise ConfigurationError(
         f"the shared Prefect server did not start within {_STARTUP_TIMEOUT_S:.0f} s; see {log}"
     )
+
+
+def _ensure_runner(settings: Settings, folder: Path) -> None:
+    """Start the warm runner (`dspex.warm_runner`) next to the server unless one is up; it gets
+    the environment this process started with, so it takes the commands of this shell."""
+    from dspex.bootstrap import original_environment
+    from dspex.warm_runner import runner_alive
+
+    if runner_alive(settings.home):
+        return
+    env = {k: v for k, v in original_environment().items() if k != "PYTEST_CURRENT_TEST"}
+    with (folder / "runner.log").open("ab") as out:
+        subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
+            [sys.executable, "-m", "dspex.warm_runner", str(settings.shared_server_idle_seconds)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=str(Path.cwd()),
+        )
 
 
 # --- the supervisor (python -m dspex.local_server PORT IDLE) ----------------------------------

@@ -1,0 +1,395 @@
+"""A warm runner: `dspex run` executed by a process that has already imported Prefect and DSPy.
+
+With the shared local server (`dspex.local_server`) a CLI run no longer starts a Prefect server, but
+every ``dspex run`` process still imports Prefect, DSPy, LiteLLM and pyarrow first: ~4 s of its
+first row on two cores, against well under a second for the run itself. So the command that starts
+the shared server also starts a runner next to it (``python -m dspex.warm_runner``), which imports all
+that once and listens on a Unix socket in ``<DSPEX_HOME>/server/`` (a folder only its owner can
+enter). The ``dspex`` console script (`main`) hands ``dspex run ...`` to it when it is up, and passes
+its stdout and stderr through as they come; Ctrl+C is passed on as SIGINT to the run.
+
+A runner takes a command only when nothing could make it run differently from a fresh process:
+
+* the client's environment (but for the terminal's own variables) and working directory are those
+  the runner started with, and the project's code has not changed since (the newest ``.py`` file
+  of its packages, and ``pyproject.toml``); a runner with older code exits;
+* it is not running another command (one at a time: the others run as usual, in their own process);
+* the shared server is still up, and neither a user's ``PREFECT_API_URL`` nor pytest is in play.
+
+Otherwise the command runs in its own process exactly as before. ``DSPEX_WARM_RUNNER=false`` turns
+it off. The runner exits after ``DSPEX_SHARED_SERVER_IDLE_SECONDS`` without a command, or with
+``dspex server stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["code_stamp", "environment_stamp", "main", "runner_alive", "serve", "socket_path", "try_warm_run"]
+
+#: Commands a runner executes (those that run flows and print as they go).
+WARM_COMMANDS = frozenset({"run"})
+#: The terminal's own variables: they never change what a run does.
+_VOLATILE = frozenset(
+    {
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "COLUMNS",
+        "LINES",
+        "TERM",
+        "TERM_PROGRAM",
+        "TERM_PROGRAM_VERSION",
+        "TERM_SESSION_ID",
+        "SSH_TTY",
+        "SSH_CLIENT",
+        "SSH_CONNECTION",
+        "WINDOWID",
+        "PS1",
+        "PYTEST_CURRENT_TEST",
+    }
+)
+_PACKAGES = ("dspex", "flows", "tasks", "registry", "deployments")
+#: How long a client waits for the runner's answer (a busy runner answers late: the client runs the
+#: command itself, and the runner drops the stale request).
+_ANSWER_WITHIN_S = 2.0
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def socket_path(home: Path) -> Path:
+    """The runner's socket under a project's ``DSPEX_HOME``."""
+    return home.resolve() / "server" / "runner.sock"
+
+
+def environment_stamp(environ: dict[str, str] | None = None, cwd: str | None = None) -> str:
+    """A digest of what a process's environment and working directory can change about a run."""
+    environ = dict(os.environ if environ is None else environ)
+    items = sorted((k, v) for k, v in environ.items() if k not in _VOLATILE)
+    payload = json.dumps([cwd or os.getcwd(), items])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def code_stamp(root: Path = _ROOT) -> str:
+    """The project's code version as seen on disk: newest mtime and count of its ``.py`` files."""
+    newest, count = 0, 0
+    for package in _PACKAGES:
+        for folder, _dirs, files in os.walk(root / package):
+            for name in files:
+                if name.endswith(".py"):
+                    with contextlib.suppress(OSError):
+                        newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+                        count += 1
+    with contextlib.suppress(OSError):
+        newest = max(newest, (root / "pyproject.toml").stat().st_mtime_ns)
+    return f"{newest}:{count}"
+
+
+# --- the client (the `dspex` console script) -----------------------------------------------------
+
+
+def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    conn.sendall((json.dumps(message) + "\n").encode())
+
+
+def try_warm_run(argv: list[str]) -> int | None:
+    """Run ``dspex <argv>`` on the warm runner; its exit status, or None when no runner took it
+    (then the caller runs the command itself)."""
+    if not argv or argv[0] not in WARM_COMMANDS or "--help" in argv:
+        return None
+    if os.environ.get("PREFECT_API_URL") or "PYTEST_CURRENT_TEST" in os.environ:
+        return None
+    from dspex.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValueError:
+        return None  # invalid settings: the command itself reports them
+    if not (settings.warm_runner and settings.shared_server):
+        return None
+    path = socket_path(settings.home)
+    if not path.exists():
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(_ANSWER_WITHIN_S)
+        conn.connect(str(path))
+        _send(conn, {"argv": argv, "env": environment_stamp(), "code": code_stamp(), "sent_at": time.time()})
+        reader = conn.makefile("r", encoding="utf-8")
+        answer = json.loads(reader.readline() or "{}")
+        if not answer.get("accepted"):
+            return None
+        conn.settimeout(None)
+    except (OSError, ValueError):
+        conn.close()
+        return None
+    return _relay(conn, reader)
+
+
+def _relay(conn: socket.socket, reader: TextIO) -> int:
+    interrupted = 0
+    with conn:
+        while True:
+            try:
+                line = reader.readline()
+                if not line:
+                    print("dspex: the warm runner stopped in the middle of the command", file=sys.stderr)
+                    return 1
+                message = json.loads(line)
+                if "out" in message:
+                    try:
+                        sys.stdout.write(message["out"])
+                        sys.stdout.flush()
+                    except BrokenPipeError:  # the reader went away (`| head`): stop the run, quietly
+                        with contextlib.suppress(OSError):
+                            _send(conn, {"signal": "INT"})
+                        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (nothing more is written)
+                        return 141
+                elif "err" in message:
+                    sys.stderr.write(message["err"])
+                    sys.stderr.flush()
+                elif "exit" in message:
+                    return int(message["exit"])
+            except KeyboardInterrupt:
+                interrupted += 1
+                if interrupted > 1:
+                    return 130  # a second Ctrl+C: leave; the runner still winds the run down
+                with contextlib.suppress(OSError):
+                    _send(conn, {"signal": "INT"})
+
+
+def main() -> None:
+    """Entry point of the ``dspex`` console script: the warm runner when it can take the command,
+    else the CLI in this process."""
+    code = try_warm_run(sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
+    from deployments.cli import main as cli_main
+
+    cli_main()
+
+
+# --- the runner (python -m dspex.warm_runner IDLE_SECONDS) ---------------------------------------
+
+
+class _Stream:
+    """A text stream whose writes go to the client as ``{"out"|"err": text}`` messages."""
+
+    def __init__(self, conn: socket.socket, key: str, lock: threading.Lock) -> None:
+        self._conn, self._key, self._lock = conn, key, lock
+        self.encoding = "utf-8"
+        self.errors = "replace"
+
+    def write(self, text: str) -> int:
+        if text:
+            with self._lock, contextlib.suppress(OSError):  # a client gone: the run goes on
+                _send(self._conn, {self._key: text})
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError("the warm runner's streams have no file descriptor")
+
+    def writable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _redirected(conn: socket.socket) -> Any:
+    """sys.stdout/sys.stderr, and logging handlers writing to them, go to the client."""
+    lock = threading.Lock()
+    out, err = _Stream(conn, "out", lock), _Stream(conn, "err", lock)
+    saved = sys.stdout, sys.stderr
+    handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for handler in {id(h): h for logger in loggers for h in getattr(logger, "handlers", [])}.values():
+        if isinstance(handler, logging.StreamHandler) and handler.stream in saved:
+            handlers.append((handler, handler.stream))
+            _point(handler, err if handler.stream is saved[1] else out)
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        for handler, stream in handlers:
+            _point(handler, stream)
+
+
+def _point(handler: logging.StreamHandler[Any], stream: Any) -> None:
+    """Point a stream handler at ``stream`` (Prefect's console handler prints through a rich
+    Console holding the stream too)."""
+    handler.setStream(stream)
+    console = getattr(handler, "console", None)
+    if console is not None and hasattr(console, "file"):
+        console.file = stream
+
+
+def _execute(conn: socket.socket, argv: list[str]) -> int:
+    from deployments.cli import main as cli_main
+
+    running = threading.Event()
+    running.set()
+
+    def listen() -> None:  # Ctrl+C at the client (or the client gone) stops the run
+        with contextlib.suppress(OSError, ValueError):
+            for line in conn.makefile("r", encoding="utf-8"):
+                if json.loads(line).get("signal") == "INT" and running.is_set():
+                    signal.raise_signal(signal.SIGINT)
+            if running.is_set():
+                signal.raise_signal(signal.SIGINT)
+
+    threading.Thread(target=listen, name="dspex-warm-listen", daemon=True).start()
+    saved_argv = sys.argv
+    sys.argv = ["dspex", *argv]
+    code = 0
+    try:
+        with _redirected(conn):
+            try:
+                cli_main()
+            except SystemExit as exc:
+                if isinstance(exc.code, int) or exc.code is None:
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:  # the client sees what a process of its own would have printed
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        running.clear()
+        sys.argv = saved_argv
+    return code
+
+
+def _refusal(request: dict[str, Any], env: str, code: str) -> str | None:
+    sent_at = request.get("sent_at")
+    if not isinstance(sent_at, int | float) or time.time() - sent_at > _ANSWER_WITHIN_S * 0.75:
+        return "the client stopped waiting (the runner was busy)"  # it ran the command itself
+    if request.get("code") != code:
+        return "the project's code changed"
+    if request.get("env") != env:
+        return "another environment or folder"
+    argv = request.get("argv")
+    if not isinstance(argv, list) or not argv or argv[0] not in WARM_COMMANDS:
+        return "not a command the runner takes"
+    return None
+
+
+def _shown(request: dict[str, Any]) -> str:
+    from dspex.redact import redact
+
+    argv = request.get("argv")
+    return (
+        redact("dspex " + " ".join(str(a) for a in argv)) if isinstance(argv, list) else "a malformed request"
+    )
+
+
+def _note(line: str) -> None:
+    """One line in the runner's own log (``<DSPEX_HOME>/server/runner.log``)."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.__stderr__, flush=True)
+
+
+def serve(idle_seconds: float) -> int:
+    """Listen for commands until idle for ``idle_seconds``, the code changes, or SIGTERM."""
+    env, code = environment_stamp(), code_stamp()  # as started, before any command touches them
+    import deployments.cli  # noqa: F401  (the point of the runner: imported once)
+    import flows  # noqa: F401
+    from dspex.local_server import server_status
+    from dspex.settings import get_settings
+
+    settings = get_settings()
+    path = socket_path(settings.home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between commands only the client's INT matters
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    listener.settimeout(1.0)
+    (path.parent / "runner.pid").write_text(str(os.getpid()), encoding="utf-8")
+    last = time.monotonic()
+    _note(f"warm runner {os.getpid()} listening on {path}")
+    try:
+        while not stopping.is_set() and time.monotonic() - last < idle_seconds:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5.0)
+                try:
+                    request = json.loads(conn.makefile("r", encoding="utf-8").readline() or "{}")
+                except (OSError, ValueError):
+                    continue
+                reason = _refusal(request, env, code)
+                if reason is None and server_status(settings) is None:
+                    reason = "the shared server is not running"
+                if reason is not None:
+                    _note(f"refused {_shown(request)}: {reason}")
+                    with contextlib.suppress(OSError):
+                        _send(conn, {"accepted": False, "reason": reason})
+                    if reason.startswith(("the project's code", "the shared server")):
+                        break  # stale: the next cold command starts a fresh runner
+                    continue
+                conn.settimeout(None)
+                try:
+                    _send(conn, {"accepted": True})
+                except OSError:
+                    continue  # the client is gone
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                started = time.monotonic()
+                try:
+                    status = _execute(conn, list(request["argv"]))
+                finally:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _note(f"served {_shown(request)}: exit {status} in {time.monotonic() - started:.2f} s")
+                with contextlib.suppress(OSError):
+                    _send(conn, {"exit": status})
+                last = time.monotonic()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if (path.parent / "runner.pid").read_text(encoding="utf-8") == str(os.getpid()):
+                path.unlink()
+                (path.parent / "runner.pid").unlink()
+    return 0
+
+
+def runner_alive(home: Path) -> bool:
+    """Whether a runner is up for the project under ``home``."""
+    pid_file = socket_path(home).parent / "runner.pid"
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8"))
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return socket_path(home).exists()
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve(float(sys.argv[1])))
