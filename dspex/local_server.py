@@ -35,7 +35,7 @@ from typing import Any
 from dspex.exceptions import ConfigurationError
 from dspex.settings import Settings, get_settings
 
-__all__ = ["server_dir", "server_status", "stop_shared_server", "use_shared_server"]
+__all__ = ["server_dir", "server_status", "shared_server_wanted", "stop_shared_server", "use_shared_server"]
 
 _STARTUP_TIMEOUT_S = 120.0
 _CHECK_EVERY_S = 2.0
@@ -76,7 +76,8 @@ def server_status(settings: Settings | None = None) -> dict[str, Any] | None:
     return state
 
 
-def _wanted(settings: Settings, force: bool) -> bool:
+def shared_server_wanted(settings: Settings, force: bool = False) -> bool:
+    """Whether this process should use the shared server (see the module docstring)."""
     if os.environ.get("PREFECT_API_URL"):
         return False  # the user's own server always wins
     if force:
@@ -101,7 +102,7 @@ def use_shared_server(*, force: bool = False, settings: Settings | None = None) 
         ConfigurationError: The server did not come up (its log is named).
     """
     settings = settings or get_settings()
-    if not _wanted(settings, force):
+    if not shared_server_wanted(settings, force):
         return None
     folder = server_dir(settings)
     (folder / "clients").mkdir(parents=True, exist_ok=True)

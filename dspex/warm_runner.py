@@ -109,14 +109,15 @@ def try_warm_run(argv: list[str]) -> int | None:
     if not argv or argv[0] not in WARM_COMMANDS or "--help" in argv:
         return None
     if os.environ.get("PREFECT_API_URL") or "PYTEST_CURRENT_TEST" in os.environ:
-        return None
+        return None  # decided before the settings are even loaded
+    from dspex.local_server import shared_server_wanted
     from dspex.settings import get_settings
 
     try:
         settings = get_settings()
     except ValueError:
         return None  # invalid settings: the command itself reports them
-    if not (settings.warm_runner and settings.shared_server):
+    if not (settings.warm_runner and shared_server_wanted(settings)):
         return None
     path = socket_path(settings.home)
     if not path.exists():

@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dspex.local_server import server_dir, server_status, use_shared_server
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,12 +34,6 @@ def test_not_used_under_pytest_nor_over_a_users_server(monkeypatch):
     assert server_status() is None and not server_dir().exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_started_once_reused_by_the_next_process_and_stopped_when_idle(tmp_path):
@@ -49,7 +43,7 @@ def test_started_once_reused_by_the_next_process_and_stopped_when_idle(tmp_path)
         DSPEX_HOME=str(tmp_path / "home"),
         PREFECT_HOME=str(tmp_path / "prefect"),
         DSPEX_SHARED_SERVER_IDLE_SECONDS="3",
-        DSPEX_SHARED_SERVER_PORT=str(_free_port()),
+        DSPEX_SHARED_SERVER_PORT=str(free_port()),
     )
 
     def client() -> dict:

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dspex.warm_runner import code_stamp, environment_stamp, try_warm_run
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # `dspex` as its console script runs it (pyproject's [project.scripts] entry), by this interpreter.
@@ -51,12 +51,6 @@ def test_commands_run_here_when_no_runner_can_take_them(tmp_path, monkeypatch):
     assert try_warm_run(["run", "spec.yaml"]) is None  # the user's own server: runs here
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(400)
@@ -66,7 +60,7 @@ def test_a_warm_dspex_run_goes_through_the_runner_and_another_environment_does_n
     env.update(
         PYTHONPATH=str(ROOT),
         DSPEX_HOME=str(home),
-        DSPEX_SHARED_SERVER_PORT=str(_free_port()),
+        DSPEX_SHARED_SERVER_PORT=str(free_port()),
         DSPEX_SHARED_SERVER_IDLE_SECONDS="120",
         DSPEX_RESUME="false",
     )
