@@ -222,7 +222,8 @@ def _stop_all(ctx: EngineContext, contexts: list[EngineContext]) -> None:
 
 
 def _merge(per_chunk: list[list[StepRecord]]) -> list[StepRecord]:
-    """One record per step: rows, batches and failures summed; durations are summed chunk times."""
+    """One record per step: rows, batches, failures and LM usage summed (the pools that ran them
+    united); durations are summed chunk times."""
     merged: dict[str, StepRecord] = {}
     for records in per_chunk:
         for record in records:
@@ -242,6 +243,11 @@ def _merge(per_chunk: list[list[StepRecord]]) -> list[StepRecord]:
                     "batches": seen.batches + record.batches,
                     "rows": seen.rows + record.rows,
                     "failed": seen.failed + record.failed,
+                    "not_attempted": seen.not_attempted + record.not_attempted,
+                    "usage": seen.usage + record.usage,  # every chunk's requests, not the first's (issue 24)
+                    "actual_pool": sorted({*seen.actual_pool, *record.actual_pool}),
+                    "estimated_tokens": _sum_or_none(seen.estimated_tokens, record.estimated_tokens),
+                    "estimated_cost_usd": _sum_or_none(seen.estimated_cost_usd, record.estimated_cost_usd),
                     "reused_rows": seen.reused_rows + record.reused_rows,
                     "estimated_ms": estimated,
                     "actual_ms": actual,
@@ -249,6 +255,10 @@ def _merge(per_chunk: list[list[StepRecord]]) -> list[StepRecord]:
                 }
             )
     return list(merged.values())
+
+
+def _sum_or_none(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 # --- the caller's iterator ------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Issue 24: what a DSPy user expects of a run, tested where the user enters.
+
+Real flows on the session's test server; LM calls go over HTTP to the loopback OpenAI-compatible
+server (tests/support/openai_server.py), which counts the requests it served, or to DSPy's DummyLM.
+"""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+from support.openai_server import openai_server
+
+from flows import PipelineSpec, run_pipeline, stream_pipeline
+from flows.pools import shutdown_local_pools
+
+pytestmark = pytest.mark.integration
+
+QA = {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pools():
+    yield
+    shutdown_local_pools()
+
+
+def _lm(server) -> dspy.LM:
+    return dspy.LM("openai/test-model", api_base=server.base_url, api_key="sk-test", cache=False)
+
+
+def _questions(n: int) -> list[dict[str, str]]:
+    return [{"question": f"What is item {i}?"} for i in range(n)]
+
+
+# --- item 1: usage of streamed and pipelined runs --------------------------------------------------
+
+
+def test_streamed_and_pipelined_runs_report_every_request():
+    # Original failure: 40 rows, 40 requests served, summary.usage.requests == 8 (the first chunk's).
+    spec = PipelineSpec.model_validate(QA)
+    with openai_server() as server:
+        stream = stream_pipeline(spec, data=_questions(40), lm=_lm(server), chunk_rows=8, resume=False)
+        assert len(list(stream)) == 40
+        streamed = len(server.chat_requests)
+        assert streamed == 40
+        assert stream.result.summary.usage.requests == streamed
+        (step,) = stream.result.summary.steps
+        assert step.usage.requests == streamed
+
+        server.reset()
+        pipelined = run_pipeline(
+            spec, data=_questions(40), lm=_lm(server), pipelined=True, chunk_rows=8, resume=False
+        )
+        assert pipelined.summary.usage.requests == len(server.chat_requests) == 40
+        assert pipelined.summary.usage.prompt_tokens == server.served_usage["prompt_tokens"]
