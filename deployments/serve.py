@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from dspex.exceptions import ConfigurationError
+from dspex.documents import load_document
+from dspex.exceptions import ConfigurationError, SpecLimitError
 
 __all__ = ["load_project", "runner_deployments", "serve_all", "user_facing_entries"]
 
@@ -27,11 +28,14 @@ def load_project(path: Path | str = "prefect.yaml") -> dict[str, Any]:
 
     Raises:
         ConfigurationError: The file is missing or is not a Prefect project file.
+        SpecLimitError: It is larger, deeper or (anchors expanded) bigger than the loader's limits.
     """
     file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    try:  # bounded like every user document: anchors allowed, their expansion capped (issue 20)
+        data = load_document(file.read_text(encoding="utf-8"), source=f"project file {str(file)!r}")
+    except SpecLimitError:
+        raise
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read project file {file}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("deployments"), list):
         raise ConfigurationError(f"{file} has no 'deployments:' list")

@@ -24,6 +24,7 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     │   └── PayloadAccessError ....................... a read outside the configured roots
     ├── PipelineSpecError (ValueError) ............... an invalid pipeline; names the step
     │   ├── UntrustedImportError ..................... an import path that may not be imported
+    │   ├── SpecLimitError ........................... a YAML/JSON document past a size/depth/node limit
     │   └── VariableError ............................ a bad pipeline variable or value; names both
     ├── RetrievalError (ValueError) .................. a bad corpus, query or k for a retriever
     ├── RetrieverServerError (RuntimeError) .......... a retrieval server failed or answered badly
@@ -79,6 +80,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionStoreError",
     "SignatureError",
+    "SpecLimitError",
     "StepExecutionError",
     "TemplateError",
     "TemplateSecurityError",
@@ -275,6 +277,24 @@ class UntrustedImportError(PipelineSpecError):
     object that is not what it must be (a user program that is not a ``dspy.Module``)."""
 
     code = "untrusted_import"
+
+
+class SpecLimitError(PipelineSpecError):
+    """A YAML or JSON document (a spec, a variables file, a UI form's value) past one of the loader's
+    limits (`dspex.documents`): too many bytes, too deeply nested, or too many nodes once YAML aliases
+    are expanded (the "billion laughs" shape).
+
+    Attributes:
+        limit: The setting that was passed (``spec_max_bytes``, ``spec_max_depth``, ``spec_max_nodes``).
+        value: That setting's value.
+    """
+
+    code = "spec_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, value: int) -> None:
+        self.limit = limit
+        self.value = value
+        super().__init__(message)
 
 
 class VariableError(PipelineSpecError):

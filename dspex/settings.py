@@ -163,6 +163,26 @@ class Settings(BaseSettings):
         description="How long an open circuit refuses work before admitting one probe batch.",
     )
 
+    # --- bounded loading of user YAML/JSON (issue 20; dspex.documents) -----------------------
+    spec_max_bytes: int = Field(
+        default=1_048_576,
+        ge=1,
+        description="Largest YAML/JSON document (spec, variables, project file) DSPex parses, in bytes.",
+    )
+    spec_max_depth: int = Field(
+        default=64,
+        ge=16,
+        le=500,
+        description="Deepest nesting of mappings and lists such a document may have (aliases expanded); "
+        "kept well below Python's recursion limit so nothing downstream recurses out of stack.",
+    )
+    spec_max_nodes: int = Field(
+        default=100_000,
+        ge=2_000,
+        description="Most values (scalars, mappings, lists) such a document may hold once YAML aliases "
+        "are expanded: a 'billion laughs' document is refused while it is read, not built.",
+    )
+
     # --- run control: resume, interrupts, budgets (issue 12) ---------------------------------
     resume: bool = Field(
         default=True,

@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from dspex.documents import check_bounds
 from dspex.exceptions import PipelineSpecError, SignatureError, UnknownModuleError
 from dspex.imports import is_import_path
 from flows.forms import FormUnion
@@ -599,6 +600,8 @@ class PipelineSpec(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _resolve_defaults(cls, data: Any, handler: ModelWrapValidatorHandler[PipelineSpec]) -> PipelineSpec:
+        if isinstance(data, dict):  # a form's or API's JSON, a Python dict: the loader's limits too
+            check_bounds(data, source="pipeline spec")
         # References are interpreted only in a spec that declares variables: a resolved spec (none)
         # keeps a literal "${" that an escaped "$${" produced.
         if not isinstance(data, dict) or not data.get("variables"):

@@ -36,6 +36,7 @@ def estimate(
     import yaml
     from pydantic import ValidationError
 
+    from dspex.documents import load_document
     from dspex.exceptions import DSPexError
     from dspex.settings import get_settings
     from flows import PipelineSpec
@@ -44,7 +45,8 @@ def estimate(
 
     try:
         text = spec_file.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text) if spec_file.suffix in {".yaml", ".yml"} else json.loads(text)
+        fmt = "yaml" if spec_file.suffix.lower() in {".yaml", ".yml"} else "json"
+        raw = load_document(text, source=f"spec file {str(spec_file)!r}", fmt=fmt)  # bounded (issue 20)
         spec = PipelineSpec.model_validate(raw)
         rows = load_rows(data)
         result = estimate_pipeline(spec, rows, settings=get_settings(), sample_rows=sample_rows)

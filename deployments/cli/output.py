@@ -36,6 +36,7 @@ def load_spec_file(path: Path) -> Any:
     import yaml
     from pydantic import ValidationError
 
+    from dspex.documents import load_document
     from flows import PipelineSpec
 
     where = f"spec file {str(path)!r}"
@@ -45,8 +46,9 @@ def load_spec_file(path: Path) -> Any:
         raise PipelineSpecError(f"{where} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise PipelineSpecError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text) if path.suffix.lower() in {".yaml", ".yml"} else json.loads(text)
+    try:  # bounded: a size, depth or alias-bomb limit is a SpecLimitError naming it (issue 20)
+        fmt = "yaml" if path.suffix.lower() in {".yaml", ".yml"} else "json"
+        raw = load_document(text, source=where, fmt=fmt)
     except json.JSONDecodeError as exc:
         raise PipelineSpecError(
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
