@@ -5,6 +5,8 @@ environment points at (``PREFECT_API_URL``), each with a concurrency limit equal
 (``DSPEX_POOL_<NAME>_CAPACITY``), and of the chosen worker type: ``dspex`` (warm worker processes,
 `deployments.worker.DSPexWorker`, the fast default) or ``process`` (Prefect's process worker, one
 Python per flow run). Running it again updates the limits and descriptions and changes nothing else.
+Each pool's id is recorded as this project's own (`flows.ownership`): auto mode dispatches only to
+recorded pools (issue 23).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def _ensure(
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
+    from flows.ownership import record_owned
+
     results = []
     for name in pools:
         limit = settings.pool_capacity(name)
@@ -94,7 +98,7 @@ def _ensure(
         except ObjectNotFound:
             existing = None
         if existing is None:
-            client.create_work_pool(
+            created = client.create_work_pool(
                 WorkPoolCreate(
                     name=name,
                     type=worker_type,
@@ -103,6 +107,7 @@ def _ensure(
                     concurrency_limit=limit,
                 )
             )
+            record_owned("pools", created.id, name, settings)
             results.append(PoolResult(name=name, type=worker_type, concurrency_limit=limit, action="created"))
             continue
         if existing.type != worker_type:
@@ -113,5 +118,7 @@ def _ensure(
         client.update_work_pool(
             name, WorkPoolUpdate(description=POOL_DESCRIPTIONS[name], concurrency_limit=limit)
         )
+        # The user ran `dspex pools create` against this server and pool: it is theirs from now on.
+        record_owned("pools", existing.id, name, settings)
         results.append(PoolResult(name=name, type=existing.type, concurrency_limit=limit, action="updated"))
     return results

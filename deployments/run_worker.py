@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 
 import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 
@@ -36,7 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--type", dest="worker_type", choices=("dspex", "process"), default="dspex")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument(
+        "--append-path",
+        action="append",
+        default=[],
+        help="A folder of the user's own modules (last on sys.path).",
+    )
     args = parser.parse_args(argv)
+    sys.path.extend(p for p in args.append_path if p not in sys.path)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground worker is stopped
         asyncio.run(start_worker(args.pool, args.name, args.worker_type, args.limit))
 

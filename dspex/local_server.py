@@ -14,6 +14,14 @@ When it is *not* used: the user set ``PREFECT_API_URL`` (their server always win
 ``clients/`` while it runs, and the supervisor stops the server once no client is alive and none
 has started for ``DSPEX_SHARED_SERVER_IDLE_SECONDS`` (so a fresh CI clone never leaves one behind
 for long, and no test run starts one at all). ``dspex server stop`` stops it at once.
+
+Only its owner can use it (issue 20): the server folder is 0700, and the server starts with basic
+auth (Prefect's ``PREFECT_SERVER_API_AUTH_STRING``) on a random secret kept in ``<folder>/auth``
+(0600, made once, reused by later starts so a browser login stays valid). Every client of it (CLI
+runs, the warm runner, ``dspex worker``/``pools``/``deploy`` pointed at its URL) sends it as
+``PREFECT_API_AUTH_STRING`` (`use_shared_server`, `authenticate_for_shared_server`); any other local
+account gets ``401`` from every endpoint but ``/api/health``. The helper processes it starts run with
+``python -P``: the folder the user typed the command in is never on their ``sys.path`` (issue 23).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,7 +44,20 @@ from typing import Any
 from dspex.exceptions import ConfigurationError
 from dspex.settings import Settings, get_settings
 
-__all__ = ["server_dir", "server_status", "shared_server_wanted", "stop_shared_server", "use_shared_server"]
+__all__ = [
+    "AUTH_USER",
+    "auth_file",
+    "authenticate_for_shared_server",
+    "private_folder",
+    "server_dir",
+    "server_status",
+    "shared_server_wanted",
+    "stop_shared_server",
+    "use_shared_server",
+]
+
+#: The user part of the shared server's ``user:password`` auth string.
+AUTH_USER = "dspex"
 
 _STARTUP_TIMEOUT_S = 120.0
 _CHECK_EVERY_S = 2.0
@@ -44,6 +66,89 @@ _CHECK_EVERY_S = 2.0
 def server_dir(settings: Settings | None = None) -> Path:
     """Where the shared server keeps its state: ``<DSPEX_HOME>/server``."""
     return (settings or get_settings()).home.resolve() / "server"
+
+
+def auth_file(settings: Settings | None = None) -> Path:
+    """The owner-only file holding the shared server's auth string (``user:password``)."""
+    return server_dir(settings) / "auth"
+
+
+def private_folder(folder: Path) -> Path:
+    """Create ``folder`` owner-only (0700), or make it so; refuse one another account owns.
+
+    Raises:
+        ConfigurationError: The folder belongs to another user (it could swap the files in it).
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{folder} belongs to user id {info.st_uid}, not to this user ({os.getuid()}): "
+            "DSPex keeps its server's secret there and will not use it"
+        )
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder
+
+
+def _auth_string(folder: Path, create: bool = False) -> str | None:
+    """The server's auth string from ``<folder>/auth``; made (0600, random) when ``create``."""
+    path = folder / "auth"
+    if create:
+        private_folder(folder)
+        secret = f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
+        with contextlib.suppress(FileExistsError):  # made once; later starts reuse it
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(secret)
+    try:
+        info = path.stat()
+        if info.st_uid != os.getuid():
+            return None  # not ours: never send a secret someone else chose
+        if info.st_mode & 0o077:
+            path.chmod(0o600)
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _authenticate(folder: Path) -> None:
+    """Send the shared server's auth string from this process (its Prefect clients)."""
+    secret = _auth_string(folder)
+    if secret is None:
+        raise ConfigurationError(f"the shared Prefect server's auth file {folder / 'auth'} is unreadable")
+    os.environ["PREFECT_API_AUTH_STRING"] = secret
+
+
+def authenticate_for_shared_server(settings: Settings | None = None) -> bool:
+    """Send the shared server's auth string when ``PREFECT_API_URL`` names the shared server.
+
+    A user who points ``dspex worker``, ``dspex pools create`` or ``dspex deploy`` at the shared
+    server's URL (``dspex server status``) gets its secret without copying it anywhere. A
+    ``PREFECT_API_AUTH_STRING`` the user set is kept.
+
+    Returns:
+        True when this process now sends the shared server's auth string.
+    """
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url or os.environ.get("PREFECT_API_AUTH_STRING"):
+        return False
+    folder = server_dir(settings)
+    try:
+        state = json.loads((folder / "server.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if str(state.get("url", "")).rstrip("/") != url:
+        return False
+    secret = _auth_string(folder)
+    if secret is None:
+        return False
+    os.environ["PREFECT_API_AUTH_STRING"] = secret
+    if "prefect.context" in sys.modules:  # Prefect read its settings at import: re-read them
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+    return True
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -73,6 +178,8 @@ def server_status(settings: Settings | None = None) -> dict[str, Any] | None:
         return None
     if not _pid_alive(int(state.get("pid", 0))) or not _healthy(str(state.get("url"))):
         return None
+    if not state.get("auth"):
+        return None  # started by a DSPex before issue 20, without auth: a fresh one replaces it
     return state
 
 
@@ -104,7 +211,7 @@ def use_shared_server(*, force: bool = False, settings: Settings | None = None) 
     settings = settings or get_settings()
     if not shared_server_wanted(settings, force):
         return None
-    folder = server_dir(settings)
+    folder = private_folder(server_dir(settings))
     (folder / "clients").mkdir(parents=True, exist_ok=True)
     _register_client(folder)
     with _start_lock(folder):
@@ -112,6 +219,7 @@ def use_shared_server(*, force: bool = False, settings: Settings | None = None) 
         if settings.warm_runner and "PYTEST_CURRENT_TEST" not in os.environ:
             _ensure_runner(settings, folder)
     url = str(state["url"])
+    _authenticate(folder)
     os.environ["PREFECT_API_URL"] = url
     import prefect.context
 
@@ -180,8 +288,10 @@ def _free_port(preferred: int) -> int:
 def _start(settings: Settings, folder: Path) -> dict[str, Any]:
     port = _free_port(settings.shared_server_port)
     log = folder / "server.log"
+    _auth_string(folder, create=True)
     command = [
         sys.executable,
+        "-P",  # the user's working folder stays off sys.path (a planted dspex/ there is not imported)
         "-m",
         "dspex.local_server",
         str(port),
@@ -221,7 +331,9 @@ def _ensure_runner(settings: Settings, folder: Path) -> None:
     env = {k: v for k, v in original_environment().items() if k != "PYTEST_CURRENT_TEST"}
     with (folder / "runner.log").open("ab") as out:
         subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
-            [sys.executable, "-m", "dspex.warm_runner", str(settings.shared_server_idle_seconds)],
+            # -P: `python -m` would put the working folder first on sys.path, and a tasks/ or flows/
+            # there would shadow the installed packages inside the runner (issue 23)
+            [sys.executable, "-P", "-m", "dspex.warm_runner", str(settings.shared_server_idle_seconds)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -248,13 +360,18 @@ def _live_clients(folder: Path) -> int:
 def _supervise(port: int, idle_s: float) -> int:
     """Run ``prefect server start`` and stop it once no client is alive and none came for ``idle_s``."""
     settings = get_settings()
-    folder = server_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(server_dir(settings))
     (folder / "clients").mkdir(exist_ok=True)
+    secret = _auth_string(folder, create=True)
+    if secret is None:
+        raise ConfigurationError(f"cannot read the shared server's auth file {folder / 'auth'}")
     env = dict(os.environ)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     env.pop("PREFECT_API_URL", None)
+    # Basic auth on every endpoint but /api/health (issue 20); the server's own clients send it too.
+    env["PREFECT_SERVER_API_AUTH_STRING"] = secret
+    env["PREFECT_API_AUTH_STRING"] = secret
     prefect = str(Path(sys.executable).with_name("prefect"))
     server = subprocess.Popen(  # noqa: S603 (our own venv's prefect)
         [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env
@@ -279,6 +396,7 @@ def _supervise(port: int, idle_s: float) -> int:
                     "pid": server.pid,
                     "supervisor": os.getpid(),
                     "started_at": time.time(),
+                    "auth": "basic",  # clients read the secret from the auth file, never from here
                 }
                 tmp = state_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state), encoding="utf-8")

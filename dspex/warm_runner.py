@@ -16,6 +16,14 @@ A runner takes a command only when nothing could make it run differently from a 
 * it is not running another command (one at a time: the others run as usual, in their own process);
 * the shared server is still up, and neither a user's ``PREFECT_API_URL`` nor pytest is in play.
 
+Only its owner reaches it (issue 20): the socket is 0600 in the 0700 server folder, and both ends
+check the other's uid with ``SO_PEERCRED`` on every connection (another account's connection is
+closed unread, with one line in the runner's log). A stale socket or a dead or stuck runner costs a
+command at most ``_ANSWER_WITHIN_S``, after which it runs in its own process. The runner starts with
+``python -P`` and checks, before it imports them, that ``dspex``, ``flows``, ``tasks``, ``registry``
+and ``deployments`` resolve to the installed packages, never to a folder of that name where the user
+typed the command (issue 23).
+
 Otherwise the command runs in its own process exactly as before. ``DSPEX_WARM_RUNNER=false`` turns
 it off. The runner exits after ``DSPEX_SHARED_SERVER_IDLE_SECONDS`` without a command, or with
 ``dspex server stop``.
@@ -25,18 +33,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["code_stamp", "environment_stamp", "main", "runner_alive", "serve", "socket_path", "try_warm_run"]
+__all__ = [
+    "code_stamp",
+    "environment_stamp",
+    "foreign_packages",
+    "main",
+    "peer_uid",
+    "runner_alive",
+    "serve",
+    "socket_path",
+    "try_warm_run",
+]
 
 #: Commands a runner executes (those that run flows and print as they go).
 WARM_COMMANDS = frozenset({"run"})
@@ -71,6 +91,36 @@ _ROOT = Path(__file__).resolve().parents[1]
 def socket_path(home: Path) -> Path:
     """The runner's socket under a project's ``DSPEX_HOME``."""
     return home.resolve() / "server" / "runner.sock"
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``), or None
+    where the platform cannot tell (then nothing is trusted)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        _pid, uid, _gid = struct.unpack(
+            "3i", conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+        )
+    except OSError:
+        return None
+    return int(uid)
+
+
+def _owned_socket(path: Path) -> bool:
+    """Whether ``path`` is a socket this user owns, in a folder this user owns and no one else enters."""
+    try:
+        folder, info = path.parent.lstat(), path.lstat()
+    except OSError:
+        return False
+    uid = os.getuid()
+    return (
+        folder.st_uid == uid
+        and not folder.st_mode & 0o077
+        and info.st_uid == uid
+        and (info.st_mode & 0o170000) == 0o140000  # S_IFSOCK: not a link someone planted
+    )
 
 
 def environment_stamp(environ: dict[str, str] | None = None, cwd: str | None = None) -> str:
@@ -120,12 +170,15 @@ def try_warm_run(argv: list[str]) -> int | None:
     if not (settings.warm_runner and shared_server_wanted(settings)):
         return None
     path = socket_path(settings.home)
-    if not path.exists():
+    if not _owned_socket(path):
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.settimeout(_ANSWER_WITHIN_S)
+        conn.settimeout(_ANSWER_WITHIN_S)  # connect, send and the answer: a stuck runner costs 2 s
         conn.connect(str(path))
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            return None  # not our runner: never hand it a command
         _send(conn, {"argv": argv, "env": environment_stamp(), "code": code_stamp(), "sent_at": time.time()})
         reader = conn.makefile("r", encoding="utf-8")
         answer = json.loads(reader.readline() or "{}")
@@ -310,25 +363,78 @@ def _note(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.__stderr__, flush=True)
 
 
+def foreign_packages(root: Path = _ROOT) -> dict[str, str]:
+    """The project packages that would import from somewhere other than the installed ``root``.
+
+    Checked before they are imported (`importlib.util.find_spec` runs no package code): a
+    ``tasks/`` or ``flows/`` in the folder where the user typed ``dspex run`` must never be what a
+    warm runner runs (issue 23).
+
+    Returns:
+        Package name -> where it would come from, for each one outside ``root``.
+    """
+    foreign: dict[str, str] = {}
+    for name in _PACKAGES:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if origin is None:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                spec = None
+            origin = spec.origin if spec is not None else None
+        if origin is None or not Path(origin).resolve().is_relative_to(root / name):
+            foreign[name] = str(origin)
+    return foreign
+
+
+def _accept(listener: socket.socket) -> socket.socket | None:
+    """The next connection of this runner's own user; another user's is closed unread."""
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        return None
+    uid = peer_uid(conn)
+    if uid != os.getuid():
+        _note(f"refused a connection from uid {uid}: only uid {os.getuid()} may use this runner")
+        conn.close()
+        return None
+    return conn
+
+
 def serve(idle_seconds: float) -> int:
     """Listen for commands until idle for ``idle_seconds``, the code changes, or SIGTERM."""
     env, code = environment_stamp(), code_stamp()  # as started, before any command touches them
+    foreign = foreign_packages()
+    if foreign:
+        _note(
+            "not serving: "
+            + ", ".join(f"{name} would import from {where}" for name, where in foreign.items())
+            + f", not from the installed {_ROOT}"
+        )
+        return 2
+    if getattr(socket, "SO_PEERCRED", None) is None:
+        _note("not serving: this platform cannot tell who connects (no SO_PEERCRED)")
+        return 2
     import deployments.cli  # noqa: F401  (the point of the runner: imported once)
     import flows  # noqa: F401
-    from dspex.local_server import server_status
+    from dspex.local_server import private_folder, server_status
     from dspex.settings import get_settings
 
     settings = get_settings()
     path = socket_path(settings.home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    private_folder(path.parent)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # between commands only the client's INT matters
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener.bind(str(path))
+        path.unlink()  # a stale socket of a runner that was killed
+    umask = os.umask(0o177)  # the socket is born 0600: no moment where another account may connect
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(umask)
     os.chmod(path, 0o600)
     listener.listen(8)
     listener.settimeout(1.0)
@@ -337,11 +443,10 @@ def serve(idle_seconds: float) -> int:
     _note(f"warm runner {os.getpid()} listening on {path}")
     try:
         while not stopping.is_set() and time.monotonic() - last < idle_seconds:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+            accepted = _accept(listener)
+            if accepted is None:
                 continue
-            with conn:
+            with accepted as conn:
                 conn.settimeout(5.0)
                 try:
                     request = json.loads(conn.makefile("r", encoding="utf-8").readline() or "{}")

@@ -37,6 +37,7 @@ from typing import Any
 
 from dspex.exceptions import DispatchError, PoolUnavailableError
 from dspex.settings import Settings
+from flows.ownership import OwnedObjects
 from flows.step_runner import read_batch_result
 from tasks.batch import BatchResult
 from tasks.payloads import write_payload
@@ -89,31 +90,52 @@ class PoolStatus:
     ok: bool
     reason: str
     live_workers: tuple[str, ...] = ()
+    #: The pool or its run-step deployment exists but is not this project's own (`flows.ownership`).
+    foreign: bool = False
 
 
-def pool_status(client: Any, pool: str, min_silence_s: float = 0.0) -> PoolStatus:
+def pool_status(
+    client: Any, pool: str, min_silence_s: float = 0.0, owned: OwnedObjects | None = None
+) -> PoolStatus:
     """Whether ``pool`` can take a batch: it exists, is not paused, has a run-step deployment and a live worker.
 
     Args:
         client: A synchronous Prefect client.
         pool: The work pool's name.
         min_silence_s: Passed to `worker_is_live`.
+        owned: When given (auto mode), the pool and its run-step deployment must also be among the
+            ones this project created (`flows.ownership`): another account's look-alikes are refused.
     """
     from prefect.exceptions import ObjectNotFound
 
+    name = RUN_STEP_DEPLOYMENT.format(pool=pool)
     try:
         work_pool = client.read_work_pool(pool)
     except ObjectNotFound:
         return PoolStatus(pool, False, f"work pool {pool!r} does not exist (run `dspex pools create`)")
-    if work_pool.is_paused:
-        return PoolStatus(pool, False, f"work pool {pool!r} is paused")
-    try:
-        client.read_deployment_by_name(RUN_STEP_DEPLOYMENT.format(pool=pool))
-    except ObjectNotFound:
+    if owned is not None and not owned.owns_pool(work_pool.id):
         return PoolStatus(
             pool,
             False,
-            f"no deployment {RUN_STEP_DEPLOYMENT.format(pool=pool)!r} (run `prefect --no-prompt deploy --all`)",
+            f"work pool {pool!r} (id {work_pool.id}) was not created by this project; not dispatching to it "
+            "(`dspex pools create` records the pools it creates or updates)",
+            foreign=True,
+        )
+    if work_pool.is_paused:
+        return PoolStatus(pool, False, f"work pool {pool!r} is paused")
+    try:
+        deployment = client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return PoolStatus(pool, False, f"no deployment {name!r} (run `dspex deploy`)")
+    if owned is not None and (
+        not owned.owns_deployment(deployment.id) or getattr(deployment, "work_pool_name", pool) != pool
+    ):
+        return PoolStatus(
+            pool,
+            False,
+            f"deployment {name!r} (id {deployment.id}) was not deployed by this project to pool {pool!r}; "
+            "not dispatching to it (`dspex deploy` records the deployments it makes)",
+            foreign=True,
         )
     now = datetime.now(UTC)
     live = tuple(

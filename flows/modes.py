@@ -5,7 +5,12 @@ default), ``local`` or ``distributed``. ``local`` and ``distributed`` are obeyed
 ``DSPEX_MODE`` when it is set and the flow's mode is ``auto``. Otherwise ``auto`` asks the Prefect
 API, once per run, whether the pools the steps need can take work: a pool can when it exists, is
 not paused, has its ``run-step-<pool>`` deployment and a worker that heartbeated recently (the same
-check distributed dispatch uses, `flows.distributed.pool_status`).
+check distributed dispatch uses, `flows.distributed.pool_status`), and that pool and deployment
+are ones this project created (`flows.ownership`: ``dspex pools create`` and ``dspex deploy`` record
+their ids; another account's pool ``general`` with a ``run-step`` deployment and a worker of its own
+must not receive the user's batches, issue 23). A needed pool (or ``general``) of that name that is
+not the project's own makes the whole run local, with one log line naming it, so that no step
+reaches it through the fallback either.
 
 * every needed pool can take work -> ``distributed``;
 * the general pool can and ``DSPEX_FALLBACK_POLICY=general`` -> ``distributed``; the router then
@@ -94,17 +99,29 @@ def resolve_mode(
 
 def _probe(settings: Settings, pools: list[str], client: Any) -> ModeDecision:
     from flows.distributed import pool_status
+    from flows.ownership import load_owned
 
+    owned = load_owned(settings)
     probe = list(dict.fromkeys([*pools, "general"] if settings.fallback_policy == "general" else pools))
     unavailable: dict[str, str] = {}
+    foreign = False
     for pool in probe:
         try:
-            status = pool_status(client, pool)
+            status = pool_status(client, pool, owned=owned)
         except Exception as exc:  # an API that cannot answer (ephemeral server, network): run here
             unavailable[pool] = f"the Prefect API did not answer ({type(exc).__name__}: {exc})"
             continue
         if not status.ok:
             unavailable[pool] = status.reason
+            foreign = foreign or status.foreign
+    if foreign:  # never distributed: the router's fallback would still reach that pool's workers
+        return ModeDecision(
+            "local",
+            "mode auto: running every step in this process ("
+            + "; ".join(f"{p}: {why}" for p, why in unavailable.items())
+            + ")",
+            unavailable,
+        )
     needed_down = [p for p in pools if p in unavailable]
     if not needed_down:
         return ModeDecision(

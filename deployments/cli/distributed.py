@@ -84,11 +84,16 @@ def worker(
         pool, worker_name, query_seconds=query_seconds, heartbeat_seconds=heartbeat_seconds, gpus=gpus
     )
     env = worker_environment(options, settings)
-    env.setdefault("PYTHONPATH", str(Path.cwd()))
+    # The worker imports the user's own modules (pkg.mod:Program) from this folder, *after* the
+    # installed packages: on PYTHONPATH (or first, as `python -m` puts it) a tasks/ or flows/ here
+    # would replace the product's own code in the worker (issue 23).
     args = [
         sys.executable,
+        "-P",
         "-m",
         "deployments.run_worker",
+        "--append-path",
+        str(Path.cwd()),
         "--pool",
         pool,
         "--name",
@@ -115,19 +120,57 @@ def serve(
 
 def deploy(
     project: Path = typer.Option(Path("prefect.yaml"), help="The project file."),
+    name: list[str] = typer.Option(
+        [], "--name", "-n", help="Only this deployment of prefect.yaml (repeatable); default all."
+    ),
 ) -> None:
-    """Deploy everything in prefect.yaml (``prefect --no-prompt deploy --all``) to PREFECT_API_URL."""
+    """Deploy prefect.yaml (``prefect --no-prompt deploy --all``, or ``-n NAME``) to PREFECT_API_URL.
+
+    The ``run-step`` deployments it makes are recorded as this project's own (`flows.ownership`):
+    auto mode dispatches only to those (issue 23).
+    """
     command = [
         sys.executable,
+        "-P",  # the project folder is read by path (prefect.yaml's entrypoints), never imported first
         "-m",
         "prefect",
         "--no-prompt",
         "deploy",
-        "--all",
+        *([arg for each in name for arg in ("-n", each)] or ["--all"]),
         "--prefect-file",
         str(project),
     ]
-    raise typer.Exit(subprocess.call(command))  # noqa: S603  (fixed command, our interpreter)
+    code = subprocess.call(command)  # noqa: S603  (fixed command, our interpreter)
+    if code == 0:
+        for deployment in _record_run_steps(name):
+            console.print(f"recorded {deployment} as this project's own (auto mode dispatches to it)")
+    raise typer.Exit(code)
+
+
+def _record_run_steps(names: list[str]) -> list[str]:
+    """Record the ids of the ``run-step`` deployments this deploy just made (all of them, or those
+    among ``names``); their names. Another deployment of the same name was overwritten by it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.distributed import RUN_STEP_DEPLOYMENT
+    from flows.ownership import record_owned
+    from flows.pools import POOL_NAMES
+
+    recorded = []
+    with get_client(sync_client=True) as client:
+        for pool in POOL_NAMES:
+            deployment_name = RUN_STEP_DEPLOYMENT.format(pool=pool)
+            if names and not {deployment_name, deployment_name.split("/")[-1]} & set(names):
+                continue  # not deployed now: whoever made it, this command did not
+            try:
+                found = client.read_deployment_by_name(deployment_name)
+            except ObjectNotFound:
+                continue
+            if found.work_pool_name == pool:
+                record_owned("deployments", found.id, deployment_name)
+                recorded.append(deployment_name)
+    return recorded
 
 
 def register(app: typer.Typer) -> None:

@@ -29,11 +29,14 @@ def prepare(argv: list[str]) -> None:
     Args:
         argv: The command line after the program name.
     """
+    from dspex.exceptions import ConfigurationError
+    from dspex.local_server import authenticate_for_shared_server, use_shared_server
+
+    # Any command pointed at the shared server by hand (`dspex worker`, `pools create`, `deploy`)
+    # sends its auth string, read from the owner-only file (issue 20).
+    authenticate_for_shared_server()
     if not argv or argv[0] not in FLOW_COMMANDS or "--help" in argv:
         return
-    from dspex.exceptions import ConfigurationError
-    from dspex.local_server import use_shared_server
-
     try:
         use_shared_server()
     except ConfigurationError as exc:  # the run still works on Prefect's own embedded server
@@ -46,7 +49,9 @@ def hold_ui(console: Console) -> bool:
     Returns:
         False when the shared server is not in use here (a user's PREFECT_API_URL, or it is off).
     """
-    from dspex.local_server import use_shared_server
+    import sys
+
+    from dspex.local_server import auth_file, use_shared_server
 
     url = use_shared_server()
     if url is None:
@@ -55,6 +60,13 @@ def hold_ui(console: Console) -> bool:
         f"Prefect UI: {url.removesuffix('/api')} (the shared local server; CLI runs show up here live). "
         "Ctrl+C leaves it running until it is idle; `dspex server stop` stops it."
     )
+    # The UI asks for the server's auth string. It is shown only on the owner's own terminal, never
+    # into a pipe or a log file; otherwise the file (readable by its owner only) is named.
+    where = auth_file()
+    if sys.stdout.isatty():
+        console.print(f"Log in with: {where.read_text(encoding='utf-8').strip()}", highlight=False)
+    else:
+        console.print(f"Log in with the auth string in {where} (readable by you only)", soft_wrap=True)
     try:
         while True:
             time.sleep(3600)

@@ -177,12 +177,12 @@ class Cluster:
         """Create the pools (dspex type) and deploy the named prefect.yaml deployments."""
         self.run(str(BIN / "dspex"), "pools", "create")
         names = [arg for name in deployments for arg in ("-n", name)]
-        self.run(str(BIN / "prefect"), "--no-prompt", "deploy", *names)
+        self.run(str(BIN / "dspex"), "deploy", *names)  # records run-step ids: auto mode uses only those
 
     def setup_all(self) -> None:
         """Create the pools (dspex type) and deploy everything in prefect.yaml."""
         self.run(str(BIN / "dspex"), "pools", "create")
-        self.run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", timeout=300)
+        self.run(str(BIN / "dspex"), "deploy", timeout=300)  # `prefect deploy --all`, ids recorded
 
     def start_prefect_worker(
         self, pool: str, name: str, *extra: str, env: dict[str, str] | None = None

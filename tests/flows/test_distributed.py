@@ -60,7 +60,7 @@ def test_pool_status_names_what_is_missing():
     client.pools.pop("gpu")
     assert "does not exist" in pool_status(client, "gpu").reason
     client.pools["gpu"] = False
-    assert "prefect --no-prompt deploy" in pool_status(client, "gpu").reason
+    assert "dspex deploy" in pool_status(client, "gpu").reason
 
 
 def test_a_batch_with_a_stored_result_is_not_dispatched_again(monkeypatch):

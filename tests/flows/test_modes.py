@@ -15,15 +15,25 @@ from dspy.utils.dummies import DummyLM
 from dspex.settings import get_settings
 from flows import PipelineSpec, run_pipeline
 from flows.modes import needed_pools, resolve_mode
+from flows.ownership import record_owned
 from flows.rag import rag_spec
 
 
-class FakeApi:
-    """Pools with a run-step deployment and workers whose last heartbeat is ``age`` seconds old."""
+@pytest.fixture(autouse=True)
+def _project_owns_its_pools():
+    """The pools and run-step deployments FakeApi shows were made by `dspex pools create` / `deploy`."""
+    for pool in ("general", "optimizer", "gpu"):
+        record_owned("pools", f"pool-{pool}", pool)
+        record_owned("deployments", f"deployment-{pool}", f"run-step/run-step-{pool}")
 
-    def __init__(self, live=(), stale=(), no_deployment=(), paused=(), missing=()):
+
+class FakeApi:
+    """Pools with a run-step deployment and workers whose last heartbeat is ``age`` seconds old;
+    pools in ``foreign`` are another account's look-alikes (ids this project never recorded)."""
+
+    def __init__(self, live=(), stale=(), no_deployment=(), paused=(), missing=(), foreign=()):
         self.live, self.stale, self.no_deployment = set(live), set(stale), set(no_deployment)
-        self.paused, self.missing = set(paused), set(missing)
+        self.paused, self.missing, self.foreign = set(paused), set(missing), set(foreign)
         self.calls = 0
 
     def read_work_pool(self, name):
@@ -32,7 +42,8 @@ class FakeApi:
         self.calls += 1
         if name in self.missing:
             raise ObjectNotFound(http_exc=Exception(name))
-        return SimpleNamespace(name=name, is_paused=name in self.paused)
+        pool_id = f"other-{name}" if name in self.foreign else f"pool-{name}"
+        return SimpleNamespace(id=pool_id, name=name, is_paused=name in self.paused)
 
     def read_deployment_by_name(self, name):
         from prefect.exceptions import ObjectNotFound
@@ -40,7 +51,7 @@ class FakeApi:
         pool = name.rsplit("-", 1)[-1]
         if pool in self.no_deployment:
             raise ObjectNotFound(http_exc=Exception(name))
-        return SimpleNamespace(name=name)
+        return SimpleNamespace(id=f"deployment-{pool}", name=name, work_pool_name=pool)
 
     def read_workers_for_work_pool(self, pool):
         now = datetime.now(UTC)
@@ -100,6 +111,22 @@ def test_auto_runs_locally_with_the_reason_when_general_cannot_take_work(api, wh
     decision = resolve_mode("auto", get_settings(), ["gpu", "general"], client=api)
     assert decision.mode == "local"
     assert why in decision.reason and "general" in decision.unavailable
+
+
+def test_auto_never_dispatches_to_a_pool_this_project_did_not_create():
+    # another account's pool `general` with a live worker: not a fallback target either (issue 23)
+    decision = resolve_mode(
+        "auto",
+        get_settings(),
+        ["gpu", "general"],
+        client=FakeApi(live={"general", "gpu"}, foreign={"general"}),
+    )
+    assert decision.mode == "local"
+    assert "was not created by this project" in decision.unavailable["general"]
+    decision = resolve_mode(
+        "auto", get_settings(), ["gpu", "general"], client=FakeApi(live={"general", "gpu"}, foreign={"gpu"})
+    )
+    assert decision.mode == "local" and list(decision.unavailable) == ["gpu"]
 
 
 def test_auto_with_fail_policy_runs_locally_rather_than_fail_a_partly_served_pipeline(monkeypatch):
