@@ -5,6 +5,7 @@ that every worker reaches):
 
     results/<step_key>/xxh3_128-<checksum>.msgpack  the BatchResult and the key of each of its rows
     results/<step_key>/<content_key>.ref.json       its PayloadRef: created exclusively, last
+    results/<step_key>/<writer>.rows.jsonl          rows of a running batch, one line each as it completes
 
 Keys:
 
@@ -20,18 +21,32 @@ between runs): before a step runs, `BatchStore.completed` gathers every row comp
 was not attempted) is not reused: a re-run tries it again. The LM's response cache plays no part.
 Two rows with the same inputs share one stored answer.
 
+Rows are kept as they complete, not only at batch end (issues 25, 26): while a batch runs, each row
+that completes is appended to the batch's row journal (`RowJournal`: one JSON line per row, appended
+to a local file at once, or rewritten whole about once a second on object storage, which cannot
+append). A process killed mid-batch (SIGKILL, an OOM kill, a lost machine) thus loses at most the rows
+in flight; `BatchStore.completed` reads journals as well as batch results, and a journal is removed
+once its batch's result is stored. A line cut short by the kill is skipped.
+
 Payloads are MessagePack through `tasks.payloads` (no pickle); a corrupt file is reported, never
 silently reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import fsspec
 
 from dspex.exceptions import PayloadError
 from dspex.settings import get_settings
@@ -43,6 +58,7 @@ __all__ = [
     "RESULTS_PREFIX",
     "BatchStore",
     "ResumeStore",
+    "RowJournal",
     "StepResume",
     "batch_key",
     "read_batch_result",
@@ -55,6 +71,9 @@ __all__ = [
 #: Folder (under the payload base URL) where batch results are kept.
 RESULTS_PREFIX = "results"
 _SIDE = ".ref.json"
+_JOURNAL = ".rows.jsonl"
+# On storage that cannot append (object stores), a journal is rewritten at most this often.
+_JOURNAL_FLUSH_SECONDS = 1.0
 
 logger = logging.getLogger("dspex.resume")
 
@@ -193,10 +212,16 @@ class BatchStore:
         folder = storage.join(self.base_url, f"{RESULTS_PREFIX}/{_check_key(step_id)}")
         fs, path = fsspec.core.url_to_fs(folder)
         try:
-            names = sorted(p for p in fs.ls(path, detail=False) if str(p).endswith(_SIDE))
+            listed = sorted(str(p) for p in fs.ls(path, detail=False))
         except FileNotFoundError:
             return {}
+        names = [p for p in listed if p.endswith(_SIDE)]
         found: dict[str, dict[str, Any]] = {}
+        for name in (p for p in listed if p.endswith(_JOURNAL)):  # rows of batches cut short
+            try:
+                found.update(_journal_rows(fs, name))
+            except OSError as exc:
+                logger.warning("skipping an unreadable row journal %s: %s", name, exc)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         for name in names:
             uri = str(name) if protocol in ("file", "local") else f"{protocol}://{name}"
@@ -211,6 +236,96 @@ class BatchStore:
                 if output is not None and error is None:
                     found[rk] = output
         return found
+
+
+class RowJournal:
+    """The rows of one running batch, kept as each completes (see the module docstring).
+
+    Thread-safe: the pool's threads call `add` as their rows complete. A storage failure is logged
+    once and turns the journal off (the batch's result is still stored at its end).
+
+    Args:
+        folder: The step's results folder (``<payload url>/results/<step_key>``).
+        row_keys: The key of each of the batch's rows, in order.
+    """
+
+    def __init__(self, folder: str, row_keys: list[str]) -> None:
+        self.uri = storage.join(folder, f"{uuid.uuid4().hex}{_JOURNAL}")
+        self.row_keys = row_keys
+        self._local = storage.is_local(self.uri)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._lines: list[bytes] = []
+        self._flushed = 0
+        self._last_flush = time.monotonic()
+        self._closed = False
+        self.rows = 0
+
+    def add(self, index: int, outputs: dict[str, Any]) -> None:
+        """Keep row ``index``'s outputs (a completed row)."""
+        line = json.dumps({"k": self.row_keys[index], "o": outputs}, separators=(",", ":"), default=str)
+        data = (line + "\n").encode()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._local:
+                    if self._fd is None:
+                        storage.make_private_dirs(os.path.dirname(self.uri))
+                        # Owner-only (0600) like every payload; O_APPEND: one write per row, so a
+                        # kill leaves whole lines and at most one cut-off last line.
+                        self._fd = os.open(self.uri, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    os.write(self._fd, data)
+                else:
+                    self._lines.append(data)
+                    if time.monotonic() - self._last_flush >= _JOURNAL_FLUSH_SECONDS:
+                        self._flush()
+                self.rows += 1
+            except (OSError, PayloadError) as exc:
+                logger.warning("row journal %s is off (rows are kept at batch end): %s", self.uri, exc)
+                self._close_locked(remove=False)
+
+    def _flush(self) -> None:
+        if len(self._lines) > self._flushed:
+            storage.write_atomic(self.uri, b"".join(self._lines))
+            self._flushed = len(self._lines)
+        self._last_flush = time.monotonic()
+
+    def close(self, *, remove: bool) -> None:
+        """Stop journaling; ``remove``: the batch's result is stored, so the journal is not needed."""
+        with self._lock:
+            if not self._closed:
+                self._close_locked(remove=remove)
+
+    def _close_locked(self, *, remove: bool) -> None:
+        self._closed = True
+        try:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if remove and self._local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.uri)
+            elif remove and self._flushed:
+                fs, path = fsspec.core.url_to_fs(self.uri)
+                fs.rm_file(path)
+            elif not self._local:
+                self._flush()
+        except (OSError, PayloadError) as exc:
+            logger.warning("could not close row journal %s: %s", self.uri, exc)
+
+
+def _journal_rows(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (row key, outputs) lines of a row journal; a line cut off by a kill is skipped."""
+    found = []
+    for line in bytes(fs.cat_file(path)).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("k"), str) and isinstance(entry.get("o"), dict):
+            found.append((entry["k"], entry["o"]))
+    return found
 
 
 def result_ref_uri(key: str, base_url: str | None = None) -> str:
@@ -272,15 +387,24 @@ class StepResume:
         keys = self.row_keys(rows)
         return batch_key(self.step_id, keys), keys
 
-    def save(self, key: str, result: BatchResult, row_keys: list[str]) -> None:
+    def save(self, key: str, result: BatchResult, row_keys: list[str]) -> bool:
         """Keep a finished batch's result for later runs (a storage failure is logged, not raised:
-        the run's own output does not depend on it)."""
+        the run's own output does not depend on it). True when it was kept."""
         if self.store is None:
-            return
+            return False
         try:
             self.store.write(key, result, row_keys)
         except PayloadError as exc:
             logger.warning("could not keep batch %s for resume: %s", key[:24], exc)
+            return False
+        return True
+
+    def journal(self, rows: list[dict[str, Any]]) -> RowJournal | None:
+        """A journal that keeps ``rows``' results as each completes (None: nothing is kept)."""
+        if self.store is None:
+            return None
+        folder = storage.join(self.store.base_url, f"{RESULTS_PREFIX}/{self.step_id}")
+        return RowJournal(folder, self.row_keys(rows))
 
 
 class ResumeStore:
@@ -341,14 +465,27 @@ class ResumeStore:
         n = len(outputs)
         return BatchResult(outputs=outputs, errors=[None] * n, latencies_ms=[0.0] * n, wall_ms=0.0, reused=n)
 
+    def row_sink(self, request: Any) -> RowJournal | None:
+        """A journal for ``request``'s rows as they complete (module steps; `store` closes it)."""
+        if request.step.kind != "module":
+            return None  # a retrieve batch is one encode call: its rows complete together
+        return self.for_step(request.step).journal(request.rows)
+
     def store(self, request: Any, result: BatchResult) -> None:
-        """Keep a fresh result (its completed rows become reusable by later runs)."""
+        """Keep a fresh result (its completed rows become reusable by later runs); the batch's row
+        journal (``request.rows_sink``) is removed once the result is kept."""
+        sink = getattr(request, "rows_sink", None)
+        saved = self._store(request, result)
+        if sink is not None:
+            sink.close(remove=saved)
+
+    def _store(self, request: Any, result: BatchResult) -> bool:
         if result.reused and result.reused == len(result.outputs):
-            return  # nothing new
+            return True  # nothing new
         if not any(o is not None and e is None for o, e in zip(result.outputs, result.errors, strict=False)):
             # Nothing completed (an outage, a stop): nothing to reuse, and the first result stored
             # under a key stays, so storing this one would shadow a later run's good result.
-            return
+            return True
         resume = self.for_step(request.step)
         key, row_keys = resume.batch_key(request.rows)
-        resume.save(key, result, row_keys)
+        return resume.save(key, result, row_keys)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.runtime import flow_run
+
 from dspex.exceptions import BudgetExceededError, RunInterruptedError, RunStoppedError
 from dspex.settings import Settings
+from flows import crashed
 from flows.budget import CostBudget
 from flows.engine import ERROR_FIELD
 from flows.interrupts import RunStop
@@ -25,6 +28,15 @@ def _run_id() -> str:
     from prefect.runtime import flow_run
 
     return str(flow_run.id or "")
+
+
+def _track_crashes(settings: Settings) -> None:
+    """Mark earlier runs whose process died as Crashed, and record this one (issue 25)."""
+    crashed.mark_dead_runs_crashed(settings)
+    ids = [flow_run.id]
+    if not flow_run.parent_deployment_id:  # its parents run in this process too (not dispatched here)
+        ids += [flow_run.parent_flow_run_id, flow_run.root_flow_run_id]
+    crashed.record_run(settings, [str(i or "") for i in ids])
 
 
 def attach(
@@ -45,6 +57,7 @@ def attach(
         max_cost_usd: The budget in USD (default ``settings.max_cost_usd``; None: no budget).
     """
     reuse = settings.resume if resume is None else resume
+    _track_crashes(settings)
     ctx.halt = RunStop(settings.interrupt_grace_seconds)
     ctx.resume = ResumeStore(ctx.lm_key, settings.resolved_payload_url, reuse=reuse, salt=_run_id())
     budget = settings.max_cost_usd if max_cost_usd is None else max_cost_usd

@@ -245,6 +245,7 @@ def execute_module_batch(
     policy: RetryPolicy | None = None,
     timeout_s: float | None = None,
     pool: str = "",
+    on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     """Run ``step``'s module over ``rows``.
 
@@ -258,6 +259,8 @@ def execute_module_batch(
         timeout_s: Longest the batch may take. Rows still running then fail with a retryable
             ``TimeoutError`` and are never called again; rows not started are not attempted.
         pool: The pool running the batch (recorded in the result).
+        on_row_done: Called on the pool's thread with a row's index and outputs as soon as it
+            completes (resume's row journal: a killed process loses only the rows in flight).
     """
     start = time.perf_counter()
     policy = policy or RetryPolicy()
@@ -301,6 +304,8 @@ def execute_module_batch(
                     f"{step.module} returned {sorted(k for k, v in produced.items() if v is not None)}, "
                     f"not the output(s) {missing} its step's signature declares"
                 )
+            if on_row_done is not None:
+                on_row_done(index, produced)
             return produced
 
         futures[i] = submit(_run_row, call, guard, policy, abandoned, tries, i)

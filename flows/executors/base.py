@@ -12,11 +12,14 @@ cuts off, and a batch that cannot run at all yields a result whose rows are all 
 never a lost batch.
 
 Resume hooks: an executor may hold a `ResultStore`. `BatchExecutor.run` asks it for a completed
-result of the request before running anything, and hands it every fresh result afterwards.
+result of the request before running anything, and hands it every fresh result afterwards. A store
+that also has ``row_sink(request)`` gets each row as it completes (``BatchRequest.rows_sink``), so a
+process killed mid-batch loses only the rows in flight (issues 25, 26).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -39,6 +42,8 @@ class BatchRequest:
         batch_key: The batch's identity (step definition, inputs read, LM identity).
         timeout_s: Longest the batch may take on its pool.
         index: The batch's number within its step (for run names).
+        rows_sink: Keeps each row's outputs as it completes (``add(index, outputs)``), when the
+            executor's store gave one; executors that run rows here pass ``rows_sink.add`` down.
     """
 
     step: Any
@@ -47,6 +52,7 @@ class BatchRequest:
     batch_key: str
     timeout_s: float | None = None
     index: int = 0
+    rows_sink: Any = None
 
 
 class ResultStore(Protocol):
@@ -99,9 +105,17 @@ class BatchExecutor(ABC):
             found = self.store.lookup(request)
             if found is not None:
                 return found.model_copy(update={"reused": len(request.rows)})
-        result = self._run(request)
-        if self.store is not None:
-            self.store.store(request, result)
+        row_sink = getattr(self.store, "row_sink", None)
+        sink = row_sink(request) if row_sink is not None else None
+        if sink is not None:
+            request = dataclasses.replace(request, rows_sink=sink)
+        try:
+            result = self._run(request)
+            if self.store is not None:
+                self.store.store(request, result)
+        finally:
+            if sink is not None:
+                sink.close(remove=False)  # a no-op once the store kept the result (and removed it)
         return result
 
     def close(self) -> None:  # noqa: B027  (optional hook: most executors hold nothing)

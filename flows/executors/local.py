@@ -28,6 +28,7 @@ def run_batch_task(
     timeout_s: float | None,
     stop: Callable[[], bool],
     on_row_failed: Callable[[BaseException], None] | None = None,
+    on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     """Prefect task around `run_batch` (one task run per batch, visible in the UI)."""
     return run_batch(
@@ -39,6 +40,7 @@ def run_batch_task(
         timeout_s=timeout_s,
         stop=stop,
         on_row_failed=on_row_failed,
+        on_row_done=on_row_done,
     )
 
 
@@ -80,5 +82,6 @@ class LocalExecutor(BatchExecutor):
             timeout_s=request.timeout_s,
             stop=self.stop,
             on_row_failed=self.on_row_failed,
+            on_row_done=request.rows_sink.add if request.rows_sink is not None else None,
         )
         return result

@@ -36,6 +36,7 @@ def run_batch(
     on_row_failed: Callable[[BaseException], None] | None = None,
     shared_limits: bool | None = None,
     trace_rows: frozenset[int] | None = None,
+    on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool ``pool``.
 
@@ -50,12 +51,16 @@ def run_batch(
         on_row_failed: Called with each row's final error.
         shared_limits: Share the LM rate limits across processes (a worker: True; default: by mode).
         trace_rows: In a traced run, the rows to trace in full (default: the run's sampler chooses).
+        on_row_done: Called with each module row's index and outputs as it completes (resume keeps
+            rows this way, so a killed process loses only the rows in flight).
 
     Returns:
         The batch's result; it never raises for a row's or an LM's failure.
     """
     with tracing.batch_span(str(step.name), pool, len(rows), trace_rows) as trace:
-        result = _run_batch(step, rows, pool, settings, lm, timeout_s, stop, on_row_failed, shared_limits)
+        result = _run_batch(
+            step, rows, pool, settings, lm, timeout_s, stop, on_row_failed, shared_limits, on_row_done
+        )
         if trace is not None:
             trace.finish(result)
     return result
@@ -71,6 +76,7 @@ def _run_batch(
     stop: Callable[[], bool] | None,
     on_row_failed: Callable[[BaseException], None] | None,
     shared_limits: bool | None,
+    on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     start = time.perf_counter()
     stop = stop or (lambda: False)
@@ -97,6 +103,7 @@ def _run_batch(
         policy=RetryPolicy.from_settings(settings),
         timeout_s=timeout_s,
         pool=pool,
+        on_row_done=on_row_done,
     )
     if guard.probe and guard.attempts == 0:
         guard.breaker.end_probe()  # the probe never reached the LM: let the next batch probe
