@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         description="Default cost budget of a run in USD: dispatching stops before the projected cost "
         "would exceed it (completed rows are kept); None: no budget.",
     )
+    max_errors: int = Field(
+        default=10,
+        ge=0,
+        description="Failed rows a pipeline tolerates by default before it stops (as dspy.Parallel's and "
+        "dspy.Evaluate's max_errors, whose default is also 10); a spec's max_errors overrides it (issue 24).",
+    )
 
     trusted_import_roots: list[str] = Field(
         default_factory=list,

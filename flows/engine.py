@@ -14,6 +14,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,15 @@ if TYPE_CHECKING:
     from flows.interrupts import RunStop
     from flows.resume import ResumeStore
 
-__all__ = ["ERROR_FIELD", "EngineContext", "StepRecord", "batch_key", "check_pools", "run_steps"]
+__all__ = [
+    "ERROR_FIELD",
+    "EngineContext",
+    "FailureBudget",
+    "StepRecord",
+    "batch_key",
+    "check_pools",
+    "run_steps",
+]
 
 ERROR_FIELD = "_error"
 logger = logging.getLogger(__name__)
@@ -87,6 +96,51 @@ class StepRecord(BaseModel):
     estimated_cost_usd: float | None = Field(
         default=None, description="Cost the learned figures expected (None: none learned, or unpriced)."
     )
+    lm_batch: Any = Field(
+        default=None,
+        description="Provider batch API details of a batch-mode step (flows.batch_mode.LMBatchRecord): "
+        "rounds, batch ids, submitted/completed times; None for online steps.",
+    )
+
+
+@dataclass
+class FailureBudget:
+    """The rows of a run that failed for good, against its ``max_errors`` (issue 24).
+
+    DSPy's ``dspy.Parallel`` and ``dspy.Evaluate`` record a failed example and go on, until
+    ``max_errors`` examples failed; a run here does the same. One budget is shared by every context
+    of a run (pipelined chunks, parallel branches), so their failures add up.
+
+    Attributes:
+        max_errors: Failed rows tolerated; one more exceeds the budget (None: no limit).
+        live: Rows the local executor reported as failed while their batch was still running.
+        settled: Failed rows of finished batches and inline steps.
+    """
+
+    max_errors: int | None = None
+    live: int = 0
+    settled: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, n: int, *, live: bool = False) -> None:
+        """Count ``n`` failed rows (``live``: reported one by one as they fail)."""
+        if n <= 0:
+            return
+        with self._lock:
+            if live:
+                self.live += n
+            else:
+                self.settled += n
+
+    @property
+    def failed(self) -> int:
+        """Rows known to have failed (the per-row reports may run ahead of the settled batches)."""
+        return max(self.live, self.settled)
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether more than ``max_errors`` rows failed."""
+        return self.max_errors is not None and self.failed > self.max_errors
 
 
 @dataclass
@@ -108,6 +162,8 @@ class EngineContext:
             waits for running batches are bounded by its grace period once it is set.
         resume: Completed rows of earlier runs to reuse, and the store of this run's results.
         budget: The run's cost budget (checked before each batch starts).
+        failures: The run's failure budget (``max_errors``): exceeding it stops the run like a
+            failure under ``continue_on_error=false``.
     """
 
     settings: Settings
@@ -123,10 +179,12 @@ class EngineContext:
     halt: RunStop | None = None
     resume: ResumeStore | None = None
     budget: CostBudget | None = None
+    failures: FailureBudget = field(default_factory=FailureBudget)
+    batch_mode: Any = None  # a flows.batch_mode.BatchMode: the steps it names use the provider batch API
 
     def stopping(self) -> bool:
-        """Whether the run is stopping (``stop``, or its `RunStop`)."""
-        return self.stop or (self.halt is not None and self.halt())
+        """Whether the run is stopping (``stop``, its `RunStop`, or more than ``max_errors`` failures)."""
+        return self.stop or self.failures.exceeded or (self.halt is not None and self.halt())
 
     def get_executor(self) -> BatchExecutor:
         """The executor, a `LocalExecutor` bound to this context when none was given."""
@@ -137,7 +195,8 @@ class EngineContext:
         return self.executor
 
     def _row_failed(self, error: BaseException) -> None:
-        if not self.continue_on_error:
+        self.failures.add(1, live=True)
+        if not self.continue_on_error or self.failures.exceeded:
             self.stop = True
 
     def availability(self, pool: str) -> tuple[bool, str]:
@@ -161,6 +220,7 @@ def run_steps(steps: list[Any], rows: list[dict[str, Any]], ctx: EngineContext) 
                 _retrieve_step(step, rows, active, ctx)
             elif isinstance(step, NativeStep):
                 _native_step(step, rows, active)
+                ctx.failures.add(sum(ERROR_FIELD in rows[i] for i in active))
                 _record_inline(step, rows, active, start, ctx)
             elif isinstance(step, ParallelStep):
                 _parallel_step(step, rows, active, ctx)
@@ -253,6 +313,11 @@ def _module_step(
                 reused,
                 len(active),
             )
+    if ctx.batch_mode is not None and ctx.batch_mode.applies(step):  # provider batch API (issue 21)
+        from flows.batch_mode import run_batch_step
+
+        run_batch_step(step, rows, active, ctx, decision, reused)
+        return
     chunks = [active[i : i + decision.batch_size] for i in range(0, len(active), decision.batch_size)]
     # Logged after resume took its rows: the counts are the batches actually cut, and they add up.
     _log("route %s: %s (%d rows in %s)", step.name, decision.reason, len(active), _batch_counts(chunks))
@@ -343,11 +408,15 @@ def _dispatch_batches(
             except Exception as exc:  # a batch's failure is data: its rows get this error
                 logger.warning("step %s: a batch failed: %s: %s", step.name, type(exc).__name__, exc)
                 results.append(exc)
-                ctx.stop = ctx.stop or not ctx.continue_on_error
+                ctx.failures.add(len(request.rows))
+                ctx.stop = ctx.stop or not ctx.continue_on_error or ctx.failures.exceeded
             else:
                 results.append(result)
-                if not ctx.continue_on_error and result.failed > result.not_attempted:
-                    ctx.stop = True  # a row failed for good: no other batch starts
+                ctx.failures.add(result.failed - result.not_attempted)
+                if result.failed > result.not_attempted and (
+                    not ctx.continue_on_error or ctx.failures.exceeded
+                ):
+                    ctx.stop = True  # a row failed for good (or one too many): no other batch starts
             _progress(ctx)
     finally:
         # Batches still running after the grace period are left to finish on their own (their
@@ -479,6 +548,7 @@ def _retrieve_step(
             valid.append(i)
         else:
             _fail(rows[i], step.name, ValueError(f"field {step.retrieve!r} is not a non-empty string"))
+    ctx.failures.add(len(active) - len(valid))
     _module_step(step, rows, valid, ctx)
 
 
@@ -537,6 +607,8 @@ def _sub_context(ctx: EngineContext) -> EngineContext:
         halt=ctx.halt,
         resume=ctx.resume,
         budget=ctx.budget,
+        failures=ctx.failures,  # one budget per run: branches' failures count against it
+        batch_mode=ctx.batch_mode,
     )
 
 

@@ -9,16 +9,17 @@ estimated vs actual durations).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import (
     InputValidationError,
+    LMBatchPendingError,
     PayloadError,
     RegistryError,
     RunInterruptedError,
@@ -27,6 +28,7 @@ from dspex.exceptions import (
 from dspex.settings import Mode, get_settings
 from flows import events, run_control
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
+from flows.batch_mode import awaiting_batch, batch_mode_for
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
 from flows.interrupts import handle_signals
 from flows.metrics import RunMetrics, build_metrics, collect
@@ -187,6 +189,9 @@ def run_pipeline(
     max_cost_usd: float | None = None,
     pipelined: bool = False,
     chunk_rows: int | None = None,
+    lm_batch: bool | None = None,
+    lm_batch_wait: Literal["auto", "poll", "exit"] = "auto",
+    max_errors: int | None = None,
 ) -> PipelineResult:
     """Run ``spec`` over ``data``.
 
@@ -199,22 +204,32 @@ def run_pipeline(
             In distributed mode each worker builds its LM from its own settings.
         mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
             run here; `flows.modes`), ``local`` or ``distributed``.
-        continue_on_error: Override the spec's ``continue_on_error``.
+        continue_on_error: Override the spec's ``continue_on_error``. True here (as
+            ``--continue-on-error``) means no failure budget unless ``max_errors`` is given.
         resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``, on; `flows.resume`).
         max_cost_usd: Stop dispatching before the projected LM cost passes this many USD (default
             ``DSPEX_MAX_COST_USD``); completed rows are kept (`flows.budget`).
         pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
             batch holds back only its own rows (`flows.streaming`); the output order is the same.
         chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
+        lm_batch: Send module steps' LM calls through the provider's batch API (`flows.batch_mode`);
+            None: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API`` (off).
+        lm_batch_wait: How a batch-mode run waits for the provider: ``poll`` here, ``exit`` (the run
+            ends ``AwaitingBatch`` and a scheduled re-check resumes it), ``auto``: ``exit`` in a
+            deployment's own run, else ``poll``.
+        max_errors: Failed rows tolerated before the run stops (default: the spec's ``max_errors``,
+            else ``DSPEX_MAX_ERRORS``, 10, as DSPy's); failed rows are recorded and the rest complete.
 
     Returns:
-        The output rows by reference and the run summary.
+        The output rows by reference and the run summary; the flow run's state message says how
+        many rows failed.
 
     Raises:
         InputValidationError: The data does not fit the pipeline (before any LM call).
         PoolUnavailableError: A step's pool cannot take work and the policy is to fail.
-        StepExecutionError: Rows failed and ``continue_on_error`` is false; the output payload with
-            every completed row is still written, and named in the error.
+        StepExecutionError: Rows failed and ``continue_on_error`` is false, or more than
+            ``max_errors`` rows failed; the output payload with every completed row is still
+            written, and named in the error.
         RunInterruptedError: SIGINT/SIGTERM stopped the run (its flow run ends Cancelled); the partial
             output is written and named in the error.
         BudgetExceededError: ``max_cost_usd`` stopped the run; the partial output is written.
@@ -248,7 +263,11 @@ def run_pipeline(
         continue_on_error=spec.continue_on_error if continue_on_error is None else continue_on_error,
         on_progress=progress_reporter(spec.name),
     )
+    ctx.failures.max_errors = _max_errors(spec, settings, continue_on_error, max_errors)
     run_control.attach(ctx, spec, settings, resume=resume, max_cost_usd=max_cost_usd)
+    ctx.batch_mode = batch_mode_for(spec, settings, lm_batch, lm_batch_wait)  # provider batches (issue 21)
+    if ctx.batch_mode is not None and pipelined:
+        raise InputValidationError("lm_batch and pipelined cannot be combined: a batch round holds every row")
     if settings.mode == "distributed":
         from flows.executors import RemoteExecutor
 
@@ -269,6 +288,8 @@ def run_pipeline(
                 run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
             else:
                 run_steps(spec.steps, rows, ctx)
+    except LMBatchPendingError as pending:  # the provider is working: end without holding the worker
+        return awaiting_batch(pending)  # type: ignore[return-value]
     except BaseException as exc:  # completed rows are stored, and the error names the file (issue 13)
         keep_partial(rows, exc)
         raise
@@ -322,16 +343,38 @@ def run_pipeline(
         return Cancelled(message=str(stopped), data=stopped)  # type: ignore[return-value]
     if stopped is not None:
         raise stopped
-    if failures and not ctx.continue_on_error:
+    if failures and (not ctx.continue_on_error or ctx.failures.exceeded):
         first = failures[0]
+        budget = (
+            f"more than max_errors={ctx.failures.max_errors} rows failed, so the run stopped: "
+            if ctx.continue_on_error
+            else ""
+        )
         raise StepExecutionError(
-            f"{len(failures)} row(s) failed (first: row {first.row}: {first.type}: {first.message}); "
+            f"{budget}{len(failures)} row(s) failed (first: row {first.row}: {first.type}: {first.message}); "
             f"{summary.rows_out} completed rows kept in {output.uri}",
             step=first.step,
             completed=summary.rows_out,
             partial_ref=output.model_dump(mode="json"),
         )
-    return PipelineResult(output=output, summary=summary)
+    result = PipelineResult(output=output, summary=summary)
+    if failures:  # the flow run's state says so (the UI's run list shows it), as dspy.Evaluate's log does
+        message = f"{len(failures)} of {summary.rows_in} row(s) failed; {summary.rows_out} completed"
+        return Completed(message=message, data=result)  # type: ignore[return-value]
+    return result
+
+
+def _max_errors(
+    spec: PipelineSpec, settings: Any, continue_on_error: bool | None, max_errors: int | None
+) -> int | None:
+    """The run's failure budget: the argument, the spec's, no limit when the caller asked to
+    continue on error explicitly (the CLI's ``--continue-on-error``, flows that batch a dataset),
+    else ``DSPEX_MAX_ERRORS``."""
+    if max_errors is not None:
+        return max_errors
+    if spec.max_errors is not None:
+        return spec.max_errors
+    return None if continue_on_error else int(settings.max_errors)
 
 
 def _lm_key(lm: Any, info: dict[str, Any]) -> str:

@@ -584,9 +584,16 @@ class PipelineSpec(BaseModel):
     )
     steps: list[Step] = Field(min_length=1, description="The steps, run in order.")
     continue_on_error: bool = Field(
-        default=False,
-        description="Keep going when rows fail (they are reported with their error); when false, "
-        "the first failed batch fails the run (completed batches are kept).",
+        default=True,
+        description="Keep going when rows fail, as dspy.Parallel and dspy.Evaluate do: failed rows are "
+        "reported with their error and the others complete, up to max_errors failures; when false, the "
+        "first failed row stops the run (completed rows are kept).",
+    )
+    max_errors: int | None = Field(
+        default=None,
+        ge=0,
+        description="Failed rows the run tolerates under continue_on_error (DSPy's max_errors): one more "
+        "stops it as continue_on_error=false does; None: DSPEX_MAX_ERRORS (default 10).",
     )
     variables: dict[str, Variable] = Field(
         default_factory=dict,

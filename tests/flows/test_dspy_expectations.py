@@ -53,3 +53,45 @@ def test_streamed_and_pipelined_runs_report_every_request():
         )
         assert pipelined.summary.usage.requests == len(server.chat_requests) == 40
         assert pipelined.summary.usage.prompt_tokens == server.served_usage["prompt_tokens"]
+
+
+# --- item 7: continue on error, with a failure budget ----------------------------------------------
+
+
+def _flaky_spec(**extra):
+    return PipelineSpec.model_validate(
+        {
+            "name": "flaky",
+            "steps": [{"module": "dspy.Predict", "signature": "question -> answer", "batch_size": 4}],
+            **extra,
+        }
+    )
+
+
+def test_a_failing_row_is_recorded_and_the_others_complete_by_default():
+    # Original failure: the run raised StepExecutionError and the failed row's batch-mates ended
+    # NotAttempted. Now, as with dspy.Parallel / dspy.Evaluate: one failure, the rest complete.
+    from support.openai_server import Fault
+
+    with openai_server() as server:
+        server.enqueue(Fault.error(400, "bad request (injected)"))  # not retryable: the row fails for good
+        state = run_pipeline(
+            _flaky_spec(), data=_questions(12), lm=_lm(server), resume=False, return_state=True
+        )
+    result = state.result()
+    assert result.summary.failed == 1 and result.summary.rows_out == 11
+    assert result.summary.not_attempted == 0
+    assert state.is_completed() and state.message == "1 of 12 row(s) failed; 11 completed"
+
+
+def test_more_than_max_errors_failures_stop_the_run():
+    from support.openai_server import Fault
+
+    from dspex.exceptions import StepExecutionError
+
+    with openai_server() as server:
+        server.enqueue(*[Fault.error(400, "bad request (injected)")] * 3)
+        with pytest.raises(StepExecutionError, match="more than max_errors=2 rows failed"):
+            run_pipeline(_flaky_spec(max_errors=2), data=_questions(40), lm=_lm(server), resume=False)
+        served = len(server.chat_requests)
+    assert served < 40  # the run stopped: later batches never started

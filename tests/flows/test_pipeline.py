@@ -127,10 +127,10 @@ def test_transient_errors_are_retried_and_completed_rows_are_not_recomputed(monk
 def test_permanent_errors_keep_completed_rows(monkeypatch):
     lm = FlakyLM(keyed_lm(6).answers, "<<q2>>", dspy.LMAuthError("bad key"), times=99)
     with pytest.raises(StepExecutionError) as info:
-        run_pipeline(PipelineSpec.model_validate(QA), data=rows(6), lm=lm)
+        run_pipeline(PipelineSpec.model_validate(QA), data=rows(6), lm=lm, continue_on_error=False)
     from tasks.payloads import PayloadRef, read_rows
 
-    # continue_on_error is false: the failed row stops the run; rows not tried yet are kept, marked
+    # continue_on_error is false (no longer the default, issue 24): the failed row stops the run; rows not tried yet are kept, marked
     # not attempted (retryable), and every completed row is kept.
     kept = read_rows(PayloadRef.model_validate(info.value.partial_ref))
     assert kept[2]["_error"]["type"] == "LMAuthError" and kept[2]["_error"]["retryable"] is False
