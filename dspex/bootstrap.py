@@ -31,6 +31,7 @@ import os
 import sys
 from pathlib import Path
 
+from dspex.private import make_private_dirs, private_home
 from dspex.redact import install_log_redaction
 from dspex.settings import get_settings
 
@@ -91,7 +92,8 @@ def _private_prefect_home(home: Path) -> None:
     Creating the empty file first is what SQLite expects of a new database.
     """
     created = not home.exists()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_home(get_settings().home)  # the DSPex home above it too: it holds sessions and payloads
+    make_private_dirs(home)
     if created or home.stat().st_uid == os.getuid():
         home.chmod(0o700)
     if "PREFECT_API_DATABASE_CONNECTION_URL" in os.environ:

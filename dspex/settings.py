@@ -227,6 +227,12 @@ class Settings(BaseSettings):
         "listed prefix. None: the current project folder and the payload root. Payloads are read only "
         "from the payload root and these.",
     )
+    read_fence: Literal["api", "all"] = Field(
+        default="api",
+        description="Which reads DSPEX_DATA_ROOTS fences (issue 20): 'api' (default) the values that "
+        "arrive through the Prefect API (deployment runs, run-step batches, dispatched session turns); "
+        "'all' every read, also paths a local caller passes on the command line or in a Python call.",
+    )
     payload_inline_max_bytes: int = Field(
         default=16 * 1024,
         ge=0,

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dspex.private import open_private
 from dspex.settings import Settings
 from flows.spec import ModuleStep, SelectStep
 
@@ -232,9 +233,9 @@ def load_state(path: Path, memory: str) -> BanditState:
 
 def save_state(path: Path, state: BanditState) -> None:
     """Write ``state`` atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(state.model_dump_json(indent=2), encoding="utf-8")
+    with open_private(tmp, "w") as handle:  # owner-only, like everything under DSPEX_HOME (issue 25)
+        handle.write(state.model_dump_json(indent=2))
     os.replace(tmp, path)
 
 

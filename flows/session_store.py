@@ -34,6 +34,7 @@ from dspex.exceptions import (
     SessionNotFoundError,
     SessionStoreError,
 )
+from dspex.private import private_file, private_home
 from dspex.settings import Settings, get_settings
 
 __all__ = ["SessionRecord", "SessionStore", "get_store", "store_url"]
@@ -103,9 +104,9 @@ def store_url(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.session_url:
         return settings.session_url
-    home = settings.home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(home, 'sessions.db')}"
+    home = private_home(settings.home.resolve())
+    # Histories hold users' inputs: owner-only from the start (SQLite's -wal and -shm copy the mode).
+    return f"sqlite:///{private_file(Path(home, 'sessions.db'))}"
 
 
 class SessionStore:

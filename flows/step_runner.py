@@ -26,7 +26,7 @@ from flows.resume import RESULTS_PREFIX, read_batch_result, result_ref_uri, writ
 from flows.spec import ModuleStep, RetrieveStep
 from tasks import tracing
 from tasks.batch import BatchResult
-from tasks.payloads import PayloadRef, read_rows
+from tasks.payloads import PayloadRef, confine, read_rows
 
 __all__ = [
     "RESULTS_PREFIX",
@@ -130,23 +130,26 @@ def run_step(
     """
     logger = get_run_logger()
     settings = get_settings()
-    found = read_batch_result(batch_key)
-    if found is not None:
-        logger.info("batch %s already has a result (%s); not recomputing it", batch_key, found[0].uri)
-        return found[0]
-    parsed = parse_step(step)
-    rows = read_rows(batch)
-    logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
-    with tracing.continue_trace(trace_context, settings) as trace_rows:
-        result = execute_step_batch(
-            parsed,
-            rows,
-            batch_key=batch_key,
-            pool=pool,
-            settings=settings,
-            timeout_s=timeout_s,
-            trace_rows=trace_rows,
-        )
+    # Its parameters come from whoever can create flow runs: every read it makes (an earlier result,
+    # the batch, a step's corpus or saved state) stays inside the roots, however the flow was started.
+    with confine.fenced():
+        found = read_batch_result(batch_key)
+        if found is not None:
+            logger.info("batch %s already has a result (%s); not recomputing it", batch_key, found[0].uri)
+            return found[0]
+        parsed = parse_step(step)
+        rows = read_rows(batch)
+        logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
+        with tracing.continue_trace(trace_context, settings) as trace_rows:
+            result = execute_step_batch(
+                parsed,
+                rows,
+                batch_key=batch_key,
+                pool=pool,
+                settings=settings,
+                timeout_s=timeout_s,
+                trace_rows=trace_rows,
+            )
     ref = write_batch_result(result, batch_key)
     logger.info("batch %s done: %d failed of %d; result %s", batch_key, result.failed, len(rows), ref.uri)
     return ref

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from dspex.private import open_private
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, run_steps
 from flows.modes import RunMode
 from flows.pools import priority
@@ -291,9 +292,8 @@ class PipelineStream:
             raise RuntimeError("a PipelineStream can be iterated only once")
         self._thread = threading.Thread(target=self._run, name="dspex-stream", daemon=True)
         self._thread.start()
-        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self.partial_path.open("a", encoding="utf-8") as spool:
+            with open_private(self.partial_path, "a") as spool:  # the rows are users' data: 0600
                 while True:
                     item = self._queue.get()
                     if item is _DONE:

@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dspex.exceptions import RegistryPersistenceError
+from dspex.private import make_private_dirs
 from registry.models import ModuleInfo, PoolType
 from registry.sizing import SizeBucket
 
@@ -126,7 +127,7 @@ def write_registry_file(path: Path, data: RegistryFile) -> None:
     text = data.model_dump_json(indent=1)
     temp_name: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)  # NamedTemporaryFile makes the file itself 0600
         with tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
         ) as handle:

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from filelock import FileLock, Timeout
 
 from dspex.exceptions import RegistryPersistenceError
+from dspex.private import make_private_dirs
 from registry.learning import ObservationKey, Series, TokenKey, TokenSample, TokenSeries, Usage
 from registry.models import ModuleInfo
 from registry.persistence import ObservationRecord, RegistryFile, TokenRecord, UsageRecord
@@ -84,7 +85,7 @@ def locked(path: Path) -> Iterator[None]:
     """Hold `file_lock`; a `RegistryPersistenceError` if another process holds it too long."""
     lock = file_lock(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         lock.acquire()
     except Timeout as exc:
         raise RegistryPersistenceError(

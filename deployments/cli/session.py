@@ -38,8 +38,14 @@ def _fail(error: BaseException) -> typer.Exit:
 
 
 def _parse_inputs(pairs: list[str], as_json: str | None) -> dict[str, Any]:
-    """``key=value`` pairs (``key=@file`` reads a file) and/or a JSON object."""
+    """``key=value`` pairs (``key=@file`` reads a file) and/or a JSON object.
+
+    An ``@file`` is read by the same rules as a dataset (`tasks.payloads.confine`): this command is a
+    local caller, so the file is read with the rights of the person who typed it, and under
+    ``DSPEX_READ_FENCE=all`` only inside ``DSPEX_DATA_ROOTS``.
+    """
     from dspex.exceptions import InputValidationError
+    from tasks.payloads.confine import check_data_read
 
     inputs: dict[str, Any] = {}
     if as_json:
@@ -54,7 +60,14 @@ def _parse_inputs(pairs: list[str], as_json: str | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise InputValidationError(f"inputs are key=value pairs with an identifier key, got {pair!r}")
-        inputs[key] = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        if value.startswith("@"):
+            check_data_read(value[1:], "input file")
+            try:
+                inputs[key] = Path(value[1:]).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputValidationError(f"{key}=@{value[1:]}: not UTF-8 text (byte {exc.start})") from exc
+        else:
+            inputs[key] = value
     return inputs
 
 

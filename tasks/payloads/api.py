@@ -298,6 +298,9 @@ def write_payload(
             uri = payload_uri(digest.replace(":", "-"), encoded.format, base)
             if not storage.exists(uri):  # content-addressed: the same bytes are already there
                 storage.write_atomic(uri, data)
+    if inline is None or name is not None:
+        # A ref this call hands out reads back, even in a fenced run (bytes already there included).
+        confine.remember_written(uri)
     return PayloadRef(
         uri=uri,
         format=encoded.format,

@@ -32,7 +32,9 @@ import pyarrow as pa
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
+from dspex import private
 from dspex.exceptions import PayloadError, PayloadNotFoundError
+from tasks.payloads import confine
 
 __all__ = [
     "StreamedFile",
@@ -82,6 +84,7 @@ def write_atomic(uri: str, data: Any) -> None:
             fs.pipe_file(path, view if _is_memory(fs) else bytes(view))
     except OSError as exc:
         raise PayloadError(f"cannot write payload: {exc}", uri=uri) from exc
+    confine.remember_written(uri)  # what this process wrote, it may read back in a fenced run
 
 
 def create_exclusive(uri: str, data: Any) -> bool:
@@ -105,6 +108,7 @@ def create_exclusive(uri: str, data: Any) -> bool:
             if fs.exists(path):
                 return False
             fs.pipe_file(path, view if _is_memory(fs) else bytes(view))
+            confine.remember_written(uri)
             return True
         make_private_dirs(os.path.dirname(path) or ".")
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -117,6 +121,7 @@ def create_exclusive(uri: str, data: Any) -> bool:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+        confine.remember_written(uri)
         return True
     except OSError as exc:
         raise PayloadError(f"cannot write payload: {exc}", uri=uri) from exc
@@ -206,6 +211,7 @@ def commit(streamed: StreamedFile, uri: str) -> None:
     except OSError as exc:
         discard(streamed)
         raise PayloadError(f"cannot write payload: {exc}", uri=uri) from exc
+    confine.remember_written(uri)
 
 
 def discard(streamed: StreamedFile) -> None:
@@ -217,19 +223,10 @@ def discard(streamed: StreamedFile) -> None:
 def make_private_dirs(folder: str) -> None:
     """Create ``folder`` (and missing parents) readable by the owner only (0700).
 
-    Folders that already exist keep their mode: a user's own output folder is theirs to set.
+    Folders that already exist keep their mode: a user's own output folder is theirs to set
+    (`dspex.private.make_private_dirs`, the one helper for this).
     """
-    missing = []
-    current = os.path.abspath(folder)
-    while current and not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
+    private.make_private_dirs(folder)
 
 
 def _open_private(path: str) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dspex.exceptions import RetrievalError
+from dspex.private import make_private_dirs
 from dspex.settings import get_settings
 from tasks.retrieval.embedder import TextEncoder
 from tasks.retrieval.inputs import Corpus, check_k
@@ -174,7 +175,7 @@ def _write_matrix(path: Path, matrix: np.ndarray) -> None:
     """Write ``matrix`` to ``path`` atomically; a failure is logged, never fatal (the index still works)."""
     tmp_name: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         with tempfile.NamedTemporaryFile(
             dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
         ) as f:
@@ -182,8 +183,8 @@ def _write_matrix(path: Path, matrix: np.ndarray) -> None:
             np.save(f, matrix, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-        # NamedTemporaryFile creates 0600; other workers sharing DSPEX_HOME must be able to read it.
-        os.chmod(tmp_name, 0o644)
+        # NamedTemporaryFile creates it 0600: owner-only like everything under DSPEX_HOME (issue 25);
+        # workers sharing the home run as its owner.
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as error:

@@ -5,6 +5,10 @@ and the payload root), and ``http://`` is never fetched unless a root names it.
 The original failure: a `PayloadRef` whose ``uri`` was ``file:///etc/shadow`` or ``../../etc/passwd``
 answered with the real size and checksum of the file (an existence/size/hash oracle); dataset, corpus
 and ``state`` paths read any file the worker could reach; ``http://`` URLs became server-side GETs.
+
+Since issue 20 the fence guards values that arrive through the Prefect API, so these tests read inside
+`tasks.payloads.confine.fenced` (what ``run-step`` enters, and what a deployment run is); that a
+deployment run really is fenced, and a local caller is not, is in ``test_security_read_fence.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 from dspex.exceptions import PayloadAccessError
 from tasks.modules import read_program_state
 from tasks.payloads import Dataset, PayloadRef, payload_exists, read_rows, write_payload
+from tasks.payloads.confine import fenced
 from tasks.payloads.integrity import checksum
 
 SECRET_TEXT = b"root:$6$very-secret-hash:19000:0:99999:7:::\n"
@@ -27,7 +32,8 @@ SECRET_TEXT = b"root:$6$very-secret-hash:19000:0:99999:7:::\n"
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A project folder as the current directory, the real default roots, and a file outside."""
+    """A project folder as the current directory, the real default roots, a file outside, and every
+    read of the test fenced (as in a run started through the Prefect API)."""
     root = tmp_path / "project"
     root.mkdir()
     monkeypatch.chdir(root)
@@ -37,7 +43,8 @@ def project(tmp_path, monkeypatch):
     outside.mkdir()
     secret = outside / "shadow"
     secret.write_bytes(SECRET_TEXT)
-    return root, secret
+    with fenced():  # set in the test's own context: the test body runs inside it
+        yield root, secret
 
 
 def _ref(uri: str) -> PayloadRef:
