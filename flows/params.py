@@ -12,6 +12,7 @@ Python callers may still pass a live ``dspy.LM`` (kept out of the stored paramet
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -75,16 +76,55 @@ LMParam = Annotated[LMConfig | SkipJsonSchema[Annotated[Any, AfterValidator(_liv
 def resolve_lm(lm: Any, settings: Settings) -> Any:
     """The DSPy LM a flow uses: a live LM as given, else one built from ``settings`` and an `LMConfig`.
 
+    With no ``lm`` and no ``DSPEX_LM_MODEL``, the LM that ``dspy.configure(lm=...)`` set in this
+    process is used (local mode; in distributed mode the workers build theirs from their settings,
+    since a live LM cannot travel, and a log line says so). Whenever the offline LM is the one
+    chosen, a WARNING says so (issue 24).
+
     Raises:
         LMConfigurationError: The config names an invalid model, or a hosted model with no key.
     """
-    from tasks.lm import build_lm
+    from tasks.lm import build_lm, configured_lm, describe_lm, is_offline_lm
 
     if isinstance(lm, LMConfig):
-        return build_lm(settings, **lm.overrides())
-    if isinstance(lm, dict):  # the JSON of an LMConfig (a caller that skipped validation)
-        return build_lm(settings, **LMConfig.model_validate(lm).overrides())
-    return lm if lm is not None else build_lm(settings)
+        chosen = build_lm(settings, **lm.overrides())
+    elif isinstance(lm, dict):  # the JSON of an LMConfig (a caller that skipped validation)
+        chosen = build_lm(settings, **LMConfig.model_validate(lm).overrides())
+    elif lm is not None:
+        chosen = lm
+    else:
+        configured = configured_lm(settings)
+        if configured is not None and settings.mode != "distributed":
+            _log(logging.INFO, "LM: %s, the one dspy.configure(lm=...) set", describe_lm(configured)["label"])
+            return configured
+        if configured is not None:
+            _log(
+                logging.WARNING,
+                "dspy.configure(lm=%s) is not used in distributed mode: a live LM cannot be sent to the "
+                "workers, which build theirs from their own DSPEX_LM_* settings; set DSPEX_LM_MODEL (on the "
+                "workers too) or pass lm=LMConfig(model=...)",
+                describe_lm(configured)["model"],
+            )
+        chosen = build_lm(settings)
+    if is_offline_lm(chosen):
+        _log(
+            logging.WARNING,
+            "the offline LM %s answers this run (extractive, deterministic, no real model, 0 requests "
+            "billed): set DSPEX_LM_MODEL, pass lm=, or call dspy.configure(lm=...) for a real model",
+            describe_lm(chosen)["model"],
+        )
+    return chosen
+
+
+def _log(level: int, message: str, *args: Any) -> None:
+    """Log to the flow run (the UI shows it) when inside one, else to this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().log(level, message, *args)
+    except MissingContextError:
+        logging.getLogger(__name__).log(level, message, *args)
 
 
 _MAX_INLINE_ROWS = 20

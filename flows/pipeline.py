@@ -135,19 +135,23 @@ def load_rows(data: Any) -> list[dict[str, Any]]:
 
 
 def _check_inputs(spec: PipelineSpec, rows: list[dict[str, Any]]) -> None:
-    """Before any LM call: every row has the fields the pipeline reads, and the first module step's
-    inputs fit its signature (all problems reported at once)."""
+    """Before any LM call: the data fits the pipeline (some row has every field the pipeline reads),
+    and the first module step's inputs fit its signature (all problems reported at once).
+
+    When only some rows lack a field (or hold null), the others run: each such row is refused on
+    its own when its step runs, before any LM call, naming its row (`tasks.batch`, issue 25)."""
     needed = spec.required_inputs()
-    problems = []
+    problems: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         missing = [f for f in needed if f not in row]
-        if missing:
-            problems.append({"field": ", ".join(missing), "message": f"row {i} lacks it", "input": None})
-        if len(problems) >= 20:
+        if not missing:
+            problems = []  # a row that can run
             break
+        if len(problems) < 20:
+            problems.append({"field": ", ".join(missing), "message": f"row {i} lacks it", "input": None})
     if problems:
         raise InputValidationError(
-            f"pipeline {spec.name!r}: {len(problems)}+ rows lack fields the steps read ({needed}); "
+            f"pipeline {spec.name!r}: every row lacks fields the steps read ({needed}); "
             f"first: {problems[0]['message']} {problems[0]['field']!r}",
             problems,
         )
@@ -159,9 +163,12 @@ def _check_inputs(spec: PipelineSpec, rows: list[dict[str, Any]]) -> None:
 
     validator = compile_signature(first.signature or "", instructions=first.instructions)
     errors: list[dict[str, Any]] = []
+    names = validator.spec.input_names
     for i, row in enumerate(rows):
+        if any(row.get(name) is None for name in names):
+            continue  # missing or null: refused on its own when the step runs
         try:
-            validator.validate_inputs({name: row[name] for name in validator.spec.input_names if name in row})
+            validator.validate_inputs({name: row[name] for name in names})
         except InputValidationError as exc:
             errors.extend({**e, "field": f"row {i}: {e['field']}"} for e in exc.errors)
         if len(errors) >= 20:
@@ -248,12 +255,7 @@ def run_pipeline(
 
     chosen_lm = resolve_lm(lm, settings)
     lm_info = describe_lm(chosen_lm)
-    if lm_info.get("offline"):
-        logger.info(
-            "LM: %s (offline, extractive, deterministic; set DSPEX_LM_MODEL for a real model)",
-            lm_info["model"],
-        )
-    else:
+    if not lm_info.get("offline"):  # the offline LM has had its WARNING from resolve_lm (issue 24)
         logger.info("LM: %s", lm_info.get("model"))
 
     ctx = EngineContext(

@@ -4,7 +4,7 @@ Build an LM inside each task with `build_lm` (never pass or persist one); log an
 `describe_lm`, which never holds the key.
 """
 
-from tasks.lm.factory import NO_KEY_PLACEHOLDER, build_lm, describe_lm, resolve_api_key
+from tasks.lm.factory import NO_KEY_PLACEHOLDER, build_lm, configured_lm, describe_lm, resolve_api_key
 from tasks.lm.offline import (
     AsyncOfflineExtractiveEngine,
     OfflineExtractiveEngine,
@@ -19,6 +19,7 @@ __all__ = [
     "OfflineExtractiveEngine",
     "build_lm",
     "build_offline_lm",
+    "configured_lm",
     "describe_lm",
     "is_offline_lm",
     "resolve_api_key",

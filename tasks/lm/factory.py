@@ -19,6 +19,7 @@ import os
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import dspy
 from dspy.clients.lm import LM
 from dspy.utils.exceptions import LMError
 from pydantic import ValidationError
@@ -27,7 +28,7 @@ from dspex.exceptions import LMConfigurationError
 from dspex.settings import OFFLINE_LM_MODEL, Settings, get_settings
 from tasks.lm.offline import build_offline_lm, is_offline_lm
 
-__all__ = ["NO_KEY_PLACEHOLDER", "build_lm", "describe_lm", "resolve_api_key"]
+__all__ = ["NO_KEY_PLACEHOLDER", "build_lm", "configured_lm", "describe_lm", "resolve_api_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,28 @@ def build_lm(settings: Settings | None = None, **overrides: Any) -> LM:
         lm = _build_remote(settings)
     logger.info("Using LM %s", describe_lm(lm))
     return lm
+
+
+def configured_lm(settings: Settings) -> Any:
+    """The LM a ``dspy.configure(lm=...)`` in this process set, when the settings name none.
+
+    A DSPy user configures an LM once and expects every call to use it; a run that silently used
+    the offline LM instead would give plausible answers and bill nothing (issue 24). The LM is only
+    read, for this process's own calls: it is never stored, pickled or sent anywhere.
+
+    Args:
+        settings: The effective settings; an explicit ``DSPEX_LM_MODEL`` (or override) wins.
+
+    Returns:
+        ``dspy.settings.lm`` when it is a DSPy LM other than the offline one and ``lm_model`` was
+        not given; else None.
+    """
+    if "lm_model" in settings.model_fields_set:
+        return None
+    lm = dspy.settings.lm
+    if isinstance(lm, dspy.BaseLM) and not is_offline_lm(lm):
+        return lm
+    return None
 
 
 def describe_lm(lm: Any) -> dict[str, Any]:

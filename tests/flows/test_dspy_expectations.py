@@ -6,6 +6,12 @@ server (tests/support/openai_server.py), which counts the requests it served, or
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import dspy
 import pytest
 from support.openai_server import openai_server
@@ -14,6 +20,7 @@ from flows import PipelineSpec, run_pipeline, stream_pipeline
 from flows.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 QA = {"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
 
@@ -95,3 +102,56 @@ def test_more_than_max_errors_failures_stop_the_run():
             run_pipeline(_flaky_spec(max_errors=2), data=_questions(40), lm=_lm(server), resume=False)
         served = len(server.chat_requests)
     assert served < 40  # the run stopped: later batches never started
+
+
+# --- item 8: dspy.configure(lm=...) is the LM when nothing else is named -------------------------
+
+
+def test_the_lm_dspy_configure_set_answers_when_none_is_given():
+    # Original failure: 0 requests to the configured LM; the offline LM answered silently.
+    spec = PipelineSpec.model_validate(QA)
+    with openai_server() as server:
+        dspy.configure(lm=_lm(server))
+        result = run_pipeline(spec, data=_questions(5), resume=False)
+        assert len(server.chat_requests) == 5
+    assert result.summary.lm["model"] == "openai/test-model"
+    assert result.summary.usage.requests == 5
+
+
+def dspex_run(tmp_path: Path, spec: dict, rows: list[dict], env: dict[str, str] | None = None):
+    """`dspex run SPEC DATA` as a user types it, in its own process, on the session's test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from dspex.warm_runner import main; main()",
+            "run",
+            "spec.json",
+            "data.jsonl",
+        ],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_dspex_run_warns_when_the_offline_lm_answers(tmp_path):
+    done = dspex_run(tmp_path, QA, _questions(2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    # Original failure: "INFO ... LM: dspex/offline-extractive (offline, ...; set DSPEX_LM_MODEL ...)".
+    lines = [line for line in printed.splitlines() if "offline" in line and "DSPEX_LM_MODEL" in line]
+    assert lines and all("WARNING" in line for line in lines), printed[-3000:]
