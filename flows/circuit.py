@@ -11,6 +11,16 @@ about the endpoint.
 * **half-open** (``reset_seconds`` after opening): exactly one *probe batch* is admitted; its first
   success closes the circuit, its first transport failure opens it again.
 
+**A new run waits instead of giving up** (issue 20). The breaker lives in this process only (nothing is
+persisted: a re-run in a new process starts closed and finds out for itself), but this process may be
+long-lived: the warm runner serves every ``dspex run``, a notebook calls ``run_pipeline`` twice, a
+worker serves many runs. A batch names its run (``admit_batch(run=...)``: the Prefect flow run it
+belongs to). The runs that were admitted since the circuit last closed *witnessed* the failures that
+opened it, and their batches are refused at once as above (an outage run ends fast). A batch of any
+other run, finding the circuit open, waits out the rest of the cool-down (logged once per run, with
+the time), competes for the half-open probe, and waits for the probe's verdict: success admits it,
+a failed probe refuses it (its run then witnessed that failure). The wait ends when the run stops.
+
 Every state change is logged and passed to the listeners (`add_listener`), so telemetry can emit
 ``dspex.breaker.opened`` / ``dspex.breaker.closed`` events.
 """
@@ -23,12 +33,15 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from prefect.context import FlowRunContext
+
 __all__ = [
     "BreakerListener",
     "CircuitBreaker",
     "State",
     "add_listener",
     "breaker_for",
+    "current_run",
     "is_transport_failure",
     "remove_listener",
     "reset_breakers",
@@ -52,6 +65,16 @@ def remove_listener(listener: BreakerListener) -> None:
     """Stop calling ``listener``."""
     if listener in _listeners:
         _listeners.remove(listener)
+
+
+def current_run() -> str | None:
+    """The id of the Prefect flow run this thread works for (a batch's run), or None outside one.
+
+    The engine copies its context into every dispatch thread and Prefect copies it into task runs,
+    so each batch of a pipeline run sees that run's id; a worker's batch sees its run-step run.
+    """
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
 
 
 def is_transport_failure(error: BaseException) -> bool:
@@ -95,10 +118,14 @@ class CircuitBreaker:
         self.reset_seconds = reset_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a probe decided, or the circuit closed
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
         self._reported: State = "closed"
+        self._runs_since_close: set[str] = set()  # runs admitted since the circuit last closed
+        self._witnesses: set[str] = set()  # those runs, when it last opened: they saw it fail
+        self._told: set[tuple[float, str]] = set()  # (open period, run) already told of the wait
 
     @property
     def state(self) -> State:
@@ -109,20 +136,39 @@ class CircuitBreaker:
         self._announce(change)
         return state
 
-    def admit_batch(self) -> Literal["closed", "probe"] | None:
-        """Whether a new batch may start: ``"closed"``, ``"probe"`` (the one half-open probe), or None."""
-        with self._lock:
-            state = self._state_locked()
-            change = self._note_locked(state)
-            if state == "closed":
-                verdict: Literal["closed", "probe"] | None = "closed"
-            elif state == "half_open" and not self._probing:
-                self._probing = True
-                verdict = "probe"
-            else:
-                verdict = None
-        self._announce(change)
-        return verdict
+    def admit_batch(
+        self, run: str | None = None, stop: Callable[[], bool] | None = None
+    ) -> Literal["closed", "probe"] | None:
+        """Whether a new batch may start: ``"closed"``, ``"probe"`` (the one half-open probe), or None.
+
+        Args:
+            run: The run the batch belongs to. A run that did not witness the circuit opening waits
+                (see the module docstring) instead of being refused; None: never wait.
+            stop: The run's stop flag: a waiting batch gives up (None) once it is true.
+        """
+        while True:
+            with self._changed:
+                state = self._state_locked()
+                change = self._note_locked(state)
+                verdict: Literal["closed", "probe"] | None = None
+                wait = 0.0
+                if state == "closed":
+                    verdict = "closed"
+                elif state == "half_open" and not self._probing:
+                    self._probing = True
+                    verdict = "probe"
+                elif run is not None and run not in self._witnesses:
+                    wait = self._wait_locked(state, run)
+                if verdict is not None and run is not None:
+                    self._runs_since_close.add(run)
+                if verdict is None and wait > 0 and not (stop is not None and stop()):
+                    self._changed.wait(timeout=wait)
+                    waited = True
+                else:
+                    waited = False
+            self._announce(change)
+            if not waited:
+                return verdict
 
     def allows_attempt(self, probe: bool = False) -> bool:
         """Whether a row of an admitted batch may make another attempt now."""
@@ -132,39 +178,65 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """An LM attempt succeeded: reset the count, close the circuit."""
-        with self._lock:
+        with self._changed:
             self._failures = 0
             self._opened_at = None
             self._probing = False
+            self._runs_since_close.clear()
+            self._witnesses.clear()
+            self._told.clear()
             change = self._note_locked("closed")
+            self._changed.notify_all()
         self._announce(change)
 
     def record_failure(self) -> None:
         """An LM attempt failed with a transport failure."""
-        with self._lock:
+        with self._changed:
             self._failures += 1
             if self._opened_at is not None or self._failures >= self.failure_threshold:
                 # A failed probe (or any failure while open) restarts the open period.
-                self._opened_at = self._clock()
-                self._probing = False
+                self._open_locked()
             change = self._note_locked(self._state_locked())
         self._announce(change)
 
     def trip(self) -> None:
         """Open the circuit now (another process's breaker for this endpoint opened)."""
-        with self._lock:
+        with self._changed:
             self._failures = max(self._failures, self.failure_threshold)
-            self._opened_at = self._clock()
-            self._probing = False
+            self._open_locked()
             change = self._note_locked(self._state_locked())
         self._announce(change)
 
     def end_probe(self) -> None:
         """A probe batch ended without deciding (no row reached the LM): admit another probe."""
-        with self._lock:
+        with self._changed:
             self._probing = False
+            self._changed.notify_all()
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _open_locked(self) -> None:
+        self._opened_at = self._clock()
+        self._probing = False
+        # Every run admitted since the circuit last closed saw this happen: theirs end now.
+        self._witnesses = set(self._runs_since_close)
+        self._changed.notify_all()
+
+    def _wait_locked(self, state: State, run: str) -> float:
+        """How long a batch of ``run`` (no witness) waits before looking again; says so once."""
+        if state == "half_open":
+            return 0.25  # a probe is out: its verdict wakes us (the timeout only bounds a stop check)
+        assert self._opened_at is not None  # open
+        remaining = self.reset_seconds - (self._clock() - self._opened_at)
+        if (self._opened_at, run) not in self._told:
+            self._told.add((self._opened_at, run))
+            logger.warning(
+                "circuit for LM endpoint %s is open (an earlier run's transport failures); waiting "
+                "%.1f s for its cool-down, then sending one probe batch",
+                self.name,
+                remaining,
+            )
+        return max(min(remaining, 0.25), 0.001)
 
     def _state_locked(self) -> State:
         if self._opened_at is None:

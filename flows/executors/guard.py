@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dspex.settings import Settings
-from flows.circuit import CircuitBreaker, breaker_for, is_transport_failure
+from flows.circuit import CircuitBreaker, breaker_for, current_run, is_transport_failure
 from flows.ratelimit import EndpointLimiter, LimiterCallback, limiter_for
 
 __all__ = ["EndpointGuard", "endpoint_of", "guard_for"]
@@ -121,7 +121,8 @@ def guard_for(
     """
     endpoint = endpoint_of(lm, settings)
     breaker = breaker_for(endpoint, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
-    verdict = breaker.admit_batch()
+    # A run that did not see the circuit open waits out its cool-down for the probe (issue 20).
+    verdict = breaker.admit_batch(run=current_run(), stop=stop)
     if verdict is None:
         return None
     limiter = limiter_for(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from dspex.exceptions import DSPexError, PoolUnavailableError
 from dspex.settings import Settings
-from flows.circuit import breaker_for
+from flows.circuit import breaker_for, current_run
 from flows.distributed import RemoteDispatcher
 from flows.executors.base import BatchExecutor, BatchRequest, ResultStore
 from flows.executors.guard import endpoint_of
@@ -62,6 +62,11 @@ class RemoteExecutor(BatchExecutor):
         workers = len(status.live_workers) if status is not None else 0
         return max(2 * workers, 2)
 
+    def slots(self, pool: str) -> int:
+        """One slot per live worker of ``pool`` (at least one), so no live worker idles (issue 26)."""
+        status = self.dispatcher.pool_status_cached(pool)
+        return max(len(status.live_workers) if status is not None else 0, 1)
+
     def _run(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
         if request.step.kind != "module":
@@ -69,7 +74,8 @@ class RemoteExecutor(BatchExecutor):
         breaker = breaker_for(
             self.endpoint, self.settings.breaker_failure_threshold, self.settings.breaker_reset_seconds
         )
-        verdict = breaker.admit_batch()
+        # A run that did not see the circuit open waits out its cool-down for the probe (issue 20).
+        verdict = breaker.admit_batch(run=current_run(), stop=self.stop)
         if verdict is None:
             return not_attempted_result(n, f"circuit open for LM endpoint {self.endpoint}", request.pool)
         result = self._dispatch(request)

@@ -1,6 +1,7 @@
 """The circuit breaker per LM endpoint: transport failures open it, spec and input errors never do,
 half-open admits exactly one probe batch, and an outage ends a batch after a handful of requests."""
 
+import threading
 import time
 
 import dspy
@@ -147,3 +148,45 @@ def test_rows_with_bad_input_do_not_open_the_circuit(openai_server):  # noqa: F8
     assert [e.type for e in result.errors if e] == ["InputValidationError"] * 10
     assert breaker_for(endpoint_of(lm, settings)).state == "closed"
     assert openai_server.chat_requests == []
+
+
+def test_a_run_that_did_not_see_the_circuit_open_waits_and_probes_one_that_did_is_refused(caplog):
+    breaker = CircuitBreaker("ep", failure_threshold=1, reset_seconds=0.5)
+    assert breaker.admit_batch(run="A") == "closed"
+    breaker.record_failure()  # run A's failures open it: A witnessed that
+    assert breaker.admit_batch(run="A") is None  # at once, no wait
+    assert breaker.admit_batch() is None  # no run named: never waits
+    start = time.monotonic()
+    assert breaker.admit_batch(run="B") == "probe"  # after the rest of the cool-down
+    assert time.monotonic() - start >= 0.4
+    verdicts = []
+    others = [
+        threading.Thread(target=lambda: verdicts.append(breaker.admit_batch(run="B"))) for _ in range(3)
+    ]
+    for thread in others:
+        thread.start()
+    time.sleep(0.3)
+    assert verdicts == []  # they wait for the probe's verdict instead of giving up
+    breaker.record_success()
+    for thread in others:
+        thread.join(timeout=5)
+    assert verdicts == ["closed"] * 3
+    assert sum("waiting" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
+def test_a_failed_probe_refuses_the_waiting_batches_of_its_run_and_stop_ends_a_wait():
+    breaker = CircuitBreaker("ep", failure_threshold=1, reset_seconds=0.3)
+    breaker.admit_batch(run="A")
+    breaker.record_failure()
+    assert breaker.admit_batch(run="B") == "probe"
+    verdicts = []
+    waiter = threading.Thread(target=lambda: verdicts.append(breaker.admit_batch(run="B")))
+    waiter.start()
+    time.sleep(0.2)
+    breaker.record_failure()  # the probe failed: B saw it fail too
+    waiter.join(timeout=5)
+    assert verdicts == [None]
+    assert breaker.admit_batch(run="B") is None
+    start = time.monotonic()
+    assert breaker.admit_batch(run="C", stop=lambda: time.monotonic() - start > 0.1) is None
+    assert time.monotonic() - start < 1.0  # a stop is seen within one wait step (0.25 s)
