@@ -31,6 +31,9 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── SandboxUnavailableError (RuntimeError) ....... generated code but no sandbox to run it in
     ├── PoolUnavailableError (RuntimeError) .......... a pool that cannot take work (fallback policy)
     ├── DispatchError (RuntimeError) ................. a batch that could not reach a pool and back
+    ├── LMBatchError (RuntimeError) .................. a provider batch (issue 21) that cannot go on
+    │   ├── LMBatchUnsupportedError .................. the LM/provider has no batch API (nothing sent)
+    │   └── LMBatchPendingError ...................... a submitted batch is not answered yet (a signal)
     ├── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
     ├── RunStoppedError (RuntimeError) ............... a run that stopped early; carries what was completed
     │   ├── RunInterruptedError ...................... SIGINT/SIGTERM: the flow run ends Cancelled
@@ -57,6 +60,9 @@ __all__ = [
     "DispatchError",
     "InputValidationError",
     "InvalidModuleInfoError",
+    "LMBatchError",
+    "LMBatchPendingError",
+    "LMBatchUnsupportedError",
     "LMConfigurationError",
     "MetricError",
     "PayloadAccessError",
@@ -364,6 +370,41 @@ class DispatchError(DSPexError, RuntimeError):
 
     code = "dispatch_error"
     retryable = True
+
+
+class LMBatchError(DSPexError, RuntimeError):
+    """A provider batch (``/v1/files`` + ``/v1/batches``, `flows.batch_mode`) that cannot go on: the
+    provider refused an upload or a batch, or answered with something that is not a batch."""
+
+    code = "lm_batch_error"
+    retryable = True
+
+
+class LMBatchUnsupportedError(LMBatchError):
+    """Batch mode was asked for, but the LM or its provider has no batch API (an offline LM, a custom
+    client, a server answering 404 on ``/v1/batches``); raised before any request is sent."""
+
+    code = "lm_batch_unsupported"
+    retryable = False
+
+
+class LMBatchPendingError(LMBatchError):
+    """A submitted batch is not answered yet and this run does not wait for it (a deployment run): the
+    run records where it stopped and a scheduled re-check picks it up (`flows.batch_mode`).
+
+    Attributes:
+        job: The batch job's id (its state under ``<payload_url>/lm_batches/<job>``).
+        batch_id: The provider's batch id.
+        check_in_s: Seconds until the next check is due.
+    """
+
+    code = "lm_batch_pending"
+
+    def __init__(self, message: str, *, job: str, batch_id: str, check_in_s: float) -> None:
+        self.job = job
+        self.batch_id = batch_id
+        self.check_in_s = check_in_s
+        super().__init__(message)
 
 
 class StepExecutionError(DSPexError, RuntimeError):

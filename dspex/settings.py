@@ -208,6 +208,36 @@ class Settings(BaseSettings):
         "dspy.Evaluate's max_errors, whose default is also 10); a spec's max_errors overrides it (issue 24).",
     )
 
+    # --- provider batch APIs (issue 21, flows.batch_mode) --------------------------------------
+    lm_batch_api: bool = Field(
+        default=False,
+        description="Run module steps through the provider's batch API (/v1/files + /v1/batches): "
+        "cheaper, answered within the completion window; false: online calls (the default).",
+    )
+    lm_batch_fallback: Literal["retry", "online"] = Field(
+        default="retry",
+        description="A request that failed or expired inside a batch: 'retry' sends it again in the next "
+        "round (within the retry policy's attempts); 'online' asks the LM online instead.",
+    )
+    lm_batch_discount: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Batch price as a fraction of the online price, for models whose cost map entry has "
+        "no *_cost_per_token_batches price.",
+    )
+    lm_batch_poll_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="First wait before checking a submitted batch; doubles per check up to the maximum.",
+    )
+    lm_batch_poll_max_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait between two checks of a submitted batch."
+    )
+    lm_batch_completion_window: str = Field(
+        default="24h", description="The completion window asked of the provider for each batch."
+    )
+
     trusted_import_roots: list[str] = Field(
         default_factory=list,
         description="Top-level packages whose 'pkg.mod:attr' import paths specs may name for tools, "

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex.exceptions import InputValidationError
+from dspex.exceptions import InputValidationError, LMBatchPendingError
+from flows.batch_mode import deployment_run, schedule_recheck
 from flows.modes import RunMode
 from flows.params import LMParam, safe_flow
 from flows.pipeline import PipelineResult, run_pipeline
@@ -37,6 +39,11 @@ class BatchPredictResult(BaseModel):
     rows_in: int
     rows_out: int = Field(description="Rows that completed every step.")
     failed: int
+    awaiting_batches: list[str] = Field(
+        default_factory=list,
+        description="Provider batches still being answered (batch mode in a deployment run): the parts "
+        "of their chunks come with the scheduled re-check's result.",
+    )
 
     def rows(self) -> list[dict[str, Any]]:
         """Every output row (reads all parts: for small results and tests)."""
@@ -64,6 +71,7 @@ def batch_predict(
     chunk_rows: int = 10_000,
     mode: RunMode = "auto",
     lm: LMParam = None,
+    batch_api: bool = False,
 ) -> BatchPredictResult:
     """Run ``spec`` over every row of ``dataset``, ``chunk_rows`` rows at a time.
 
@@ -74,6 +82,11 @@ def batch_predict(
         chunk_rows: Rows per chunk (one `run_pipeline` subflow each).
         mode: ``auto`` (default; decided per chunk, `flows.modes`), ``local`` or ``distributed``.
         lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
+        batch_api: Send the module steps' LM calls through the provider's batch API (about half the
+            price; `flows.batch_mode`); default: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API``.
+            In a deployment run, no worker is held while the provider works: every chunk submits its
+            batch, the run ends ``AwaitingBatch``, and a scheduled re-check of this deployment with
+            the same parameters picks up where it stopped.
     """
     logger = get_run_logger()
     if chunk_rows < 1:
@@ -82,12 +95,27 @@ def batch_predict(
     parts: list[PayloadRef] = []
     rows_out = failed = 0
     offset = 0
+    waits = "exit" if deployment_run() is not None else "poll"  # a deployment run never holds its worker
+    pending: list[LMBatchPendingError] = []
     for n, chunk in enumerate(data.batches(chunk_rows)):
         rows = chunk.to_rows()
         for i, row in enumerate(rows):
             row["_row"] = offset + i  # dataset-wide row numbers in outputs and failures
         chunk_flow = run_pipeline.with_options(flow_run_name=f"{spec.name}-chunk-{n}")
-        result: PipelineResult = chunk_flow(spec, data=rows, lm=lm, mode=mode, continue_on_error=True)
+        result: PipelineResult | LMBatchPendingError = chunk_flow(
+            spec,
+            data=rows,
+            lm=lm,
+            mode=mode,
+            continue_on_error=True,
+            lm_batch=True if batch_api else None,
+            lm_batch_wait=waits,
+        )
+        if isinstance(result, LMBatchPendingError):  # its batch is submitted: the next chunk's goes too
+            pending.append(result)
+            offset += len(rows)
+            logger.info("chunk %d: %s", n, result)
+            continue
         parts.append(result.output)
         rows_out += result.summary.rows_out
         failed += result.summary.failed
@@ -100,4 +128,18 @@ def batch_predict(
             offset,
             len(data),
         )
+    if pending:  # end without holding the worker; the re-check runs this flow again with the same parameters
+        soonest = min(pending, key=lambda p: p.check_in_s)
+        recheck = schedule_recheck(soonest)
+        message = f"{len(pending)} chunk(s) waiting for provider batches {[p.batch_id for p in pending]}" + (
+            f"; re-check scheduled as flow run {recheck}" if recheck else ""
+        )
+        waiting = BatchPredictResult(
+            parts=parts,
+            rows_in=len(data),
+            rows_out=rows_out,
+            failed=failed,
+            awaiting_batches=[p.batch_id for p in pending],
+        )
+        return Completed(name="AwaitingBatch", message=message, data=waiting)  # type: ignore[return-value]
     return BatchPredictResult(parts=parts, rows_in=len(data), rows_out=rows_out, failed=failed)

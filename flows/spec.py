@@ -595,6 +595,16 @@ class PipelineSpec(BaseModel):
         description="Failed rows the run tolerates under continue_on_error (DSPy's max_errors): one more "
         "stops it as continue_on_error=false does; None: DSPEX_MAX_ERRORS (default 10).",
     )
+    lm_batch: bool | list[str] = Field(
+        default=False,
+        description="Send module steps' LM calls through the provider's batch API (cheaper, answered "
+        "within hours; flows.batch_mode): true for every module step, or a list of step names.",
+    )
+    lm_batch_fallback: Literal["retry", "online"] | None = Field(
+        default=None,
+        description="A request that failed inside a batch: 'retry' in the next round, or 'online'; "
+        "None: DSPEX_LM_BATCH_FALLBACK (retry).",
+    )
     variables: dict[str, Variable] = Field(
         default_factory=dict,
         description="Named knobs steps reference as '${name}' (int/float ranges, choices); the "
@@ -659,6 +669,17 @@ class PipelineSpec(BaseModel):
                     f"needs field {field!r}, which neither the inputs {sorted(self.inputs)} nor an "
                     "earlier step produce",
                     step=step_name,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _lm_batch_names_module_steps(self) -> PipelineSpec:
+        if isinstance(self.lm_batch, list):
+            modules = {s.name for s in iter_steps(self.steps) if isinstance(s, ModuleStep)}
+            unknown = sorted(set(self.lm_batch) - modules)
+            if unknown:
+                raise PipelineSpecError(
+                    f"lm_batch names {unknown}, which are not module steps of the pipeline ({sorted(modules)})"
                 )
         return self
 

@@ -290,6 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server_state._take_fault("GET", self.path, self._headers(), None)
+        if _batch_route(self, "GET", b""):  # the batch API block below (issue 21)
+            return
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             model = self.server_state.model
             self._send_json(
@@ -306,6 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = None
         fault = self.server_state._take_fault("POST", self.path, self._headers(), body)
+        if _batch_route(self, "POST", raw):  # the batch API block below (issue 21)
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_error_body(404, f"no route POST {self.path}", "not_found")
             return
@@ -434,3 +438,205 @@ def _content_text(content: Any) -> str:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --- the batch API: /v1/files and /v1/batches (issue 21) ---------------------------------------------
+# A batch's requests are answered like chat requests (the same responder, the same usage counts), when
+# the batch is first retrieved at least ``batch_delay_s`` after it was created. Faults of a batch are
+# set on the server's ``batch`` attribute: the next ``fail_next`` requests answer 500 in the error
+# file, and ``expire_next`` batches expire after answering ``expire_after`` of their requests. Every
+# submitted request's custom_id is counted, so a test can check that none was submitted twice.
+
+
+@dataclass
+class BatchAPI:
+    """The batch endpoints' state and knobs (``server.batch``).
+
+    Attributes:
+        supported: False: every batch route answers 404 (a provider without a batch API).
+        delay_s: Seconds from creation until a batch is done.
+        fail_next: The next this many batch requests fail with a 500 (in the error file).
+        expire_next: The next this many batches expire.
+        expire_after: Requests an expiring batch answers before it expires.
+        submitted: How many times each custom_id was submitted.
+    """
+
+    supported: bool = True
+    delay_s: float = 0.0
+    fail_next: int = 0
+    expire_next: int = 0
+    expire_after: int = 0
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: dict[str, float] = field(default_factory=dict)
+    submitted: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def duplicates(self) -> list[str]:
+        """custom_ids submitted more than once."""
+        with self.lock:
+            return [k for k, n in self.submitted.items() if n > 1]
+
+
+def _batch_api(state: FakeOpenAIServer) -> BatchAPI:
+    api = state.__dict__.get("batch")
+    if api is None:
+        api = state.__dict__["batch"] = BatchAPI()
+    return api
+
+
+FakeOpenAIServer.batch = property(_batch_api)  # type: ignore[attr-defined]
+
+
+def _batch_route(handler: _Handler, method: str, raw: bytes) -> bool:
+    """Answer a /v1/files or /v1/batches request; False when the path is not one of them."""
+    path, _, query = handler.path.partition("?")
+    parts = [p for p in path.split("/") if p][1:] if path.startswith("/v1/") else []
+    if not parts or parts[0] not in ("files", "batches"):
+        return False
+    state = handler.server_state
+    api = _batch_api(state)
+    if not api.supported:
+        handler._send_error_body(404, f"no route {method} {path}", "not_found")
+        return True
+    if parts[0] == "files":
+        if method == "POST" and len(parts) == 1:
+            data = _multipart_file(handler.headers.get("Content-Type", ""), raw)
+            if data is None:
+                handler._send_error_body(
+                    400, "expected a multipart upload with 'file'", "invalid_request_error"
+                )
+                return True
+            with api.lock:
+                file_id = f"file-{len(api.files) + 1}"
+                api.files[file_id] = data
+            handler._send_json(200, {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(data)})
+            return True
+        if method == "GET" and len(parts) == 3 and parts[2] == "content":
+            with api.lock:
+                content = api.files.get(parts[1])
+            if content is None:
+                handler._send_error_body(404, f"no file {parts[1]}", "not_found")
+            else:
+                handler._send_raw(200, content, "application/jsonl")
+            return True
+    if method == "POST" and len(parts) == 1:
+        body = json.loads(raw or b"{}")
+        with api.lock:
+            content = api.files.get(str(body.get("input_file_id")))
+            if content is None:
+                handler._send_error_body(400, "unknown input_file_id", "invalid_request_error")
+                return True
+            batch_id = f"batch_{len(api.batches) + 1}"
+            lines = [json.loads(line) for line in content.splitlines() if line.strip()]
+            for line in lines:
+                api.submitted[line["custom_id"]] = api.submitted.get(line["custom_id"], 0) + 1
+            api.batches[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body.get("endpoint"),
+                "input_file_id": body.get("input_file_id"),
+                "completion_window": body.get("completion_window"),
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": int(time.time()),
+                "metadata": body.get("metadata") or {},
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            }
+            api.created[batch_id] = time.monotonic()
+            answer = dict(api.batches[batch_id])
+        handler._send_json(200, answer)
+        return True
+    if method == "GET" and len(parts) == 1:
+        with api.lock:
+            data = [dict(b) for b in reversed(api.batches.values())]
+        handler._send_json(200, {"object": "list", "data": data, "has_more": False})
+        return True
+    if len(parts) >= 2 and parts[1] in api.batches:
+        if method == "POST" and parts[2:] == ["cancel"]:
+            with api.lock:
+                batch = api.batches[parts[1]]
+                if batch["status"] not in ("completed", "failed", "expired"):
+                    batch["status"] = "cancelled"
+                answer = dict(batch)
+            handler._send_json(200, answer)
+            return True
+        if method == "GET" and len(parts) == 2:
+            handler._send_json(200, _run_batch(state, api, parts[1]))
+            return True
+    handler._send_error_body(404, f"no route {method} {path}", "not_found")
+    return True
+
+
+def _run_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> dict[str, Any]:
+    """The batch, answered first when its delay has passed."""
+    with api.lock:
+        batch = api.batches[batch_id]
+        due = time.monotonic() - api.created[batch_id] >= api.delay_s
+        if batch["status"] not in ("validating", "in_progress") or not due:
+            if batch["status"] == "validating":
+                batch["status"] = "in_progress"
+            return dict(batch)
+        lines = [json.loads(line) for line in api.files[batch["input_file_id"]].splitlines() if line.strip()]
+        expire = api.expire_next > 0
+        api.expire_next -= 1 if expire else 0
+    out: list[dict[str, Any]] = []
+    err: list[dict[str, Any]] = []
+    for n, line in enumerate(lines):
+        custom_id = line["custom_id"]
+        if expire and n >= api.expire_after:
+            error = {
+                "code": "batch_expired",
+                "message": "This request could not be executed before the completion window expired.",
+            }
+            err.append({"id": f"req_{n}", "custom_id": custom_id, "response": None, "error": error})
+            continue
+        with api.lock:
+            fail = api.fail_next > 0
+            api.fail_next -= 1 if fail else 0
+        if fail:
+            body = {"error": {"message": "The server had an error (injected)", "type": "server_error"}}
+            err.append(
+                {
+                    "id": f"req_{n}",
+                    "custom_id": custom_id,
+                    "response": {"status_code": 500, "body": body},
+                    "error": None,
+                }
+            )
+            continue
+        reply = state._reply(line["body"])
+        out.append(
+            {
+                "id": f"req_{n}",
+                "custom_id": custom_id,
+                "response": {"status_code": 200, "body": reply},
+                "error": None,
+            }
+        )
+    with api.lock:
+        for kind, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                file_id = f"file-{len(api.files) + 1}"
+                api.files[file_id] = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+                batch[kind] = file_id
+        batch["status"] = "expired" if expire else "completed"
+        batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        return dict(batch)
+
+
+def _multipart_file(content_type: str, raw: bytes) -> bytes | None:
+    """The ``file`` part of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else None
+    return None

@@ -1,0 +1,605 @@
+"""Batch mode: a module step's LM calls go through the provider's batch API, in rounds (issue 21).
+
+Each round runs every waiting row's program from the start with a `tasks.lm.replay.ReplayLM`: calls
+answered in earlier rounds are replayed from the response store, and the first unanswered call ends
+the row for this round and is recorded. The round's requests (one per distinct request: rows asking
+the same thing share it) are written as one JSONL file, uploaded and submitted as one batch
+(`tasks.lm.batch_api`). When the batch ends, its answers join the store and the next round runs. A
+program that makes *k* LM calls per row (ChainOfThought: 1, two predictors: 2, ReAct: up to its
+iterations + 1) takes *k* rounds; each round holds every row still waiting. Rows are run through
+`tasks.batch.execute_module_batch`, the online path's own row logic (inputs, signature checks,
+outputs, error classification), so a row's outputs and errors are what the online run gives for
+the same answers.
+
+State: ``<payload_url>/lm_batches/<job>/state.json`` (rounds: idempotency key, file and batch ids,
+submitted/completed times, checks) and ``answers-<round>.json`` (request key -> the raw answer),
+JSON only, written atomically. The job id is a hash of the step's definition, the LM's identity and
+the rows' inputs, so a restarted run (a new process, a re-check flow run) finds the same job. A round
+is recorded as *preparing* before its file is uploaded, and the batch carries its idempotency key in
+its metadata: after a crash between the two, the run looks the batch up by that key (``GET
+/batches``) instead of submitting again, so no request is submitted twice.
+
+Waiting: a local run (Python, ``dspex run``) polls in-process with backoff (``DSPEX_LM_BATCH_POLL_SECONDS``
+doubling to ``DSPEX_LM_BATCH_POLL_MAX_SECONDS``). A deployment run does not hold its worker: when the
+batch is not done it raises `LMBatchPendingError`; the flow ends (state ``AwaitingBatch``) after
+scheduling a re-check of its own deployment with the same parameters at the next backoff
+(`schedule_recheck`), which resumes from the saved state.
+
+Failures inside a batch follow the online retry policy: a transient failure (5xx, 429, expired,
+cancelled) is sent again in the next round, until the row's attempts (``DSPEX_LM_NUM_RETRIES`` + 1)
+are spent; with ``lm_batch_fallback: online`` it is asked online instead. A permanent one (400, 401)
+fails its row at once, with the typed DSPy error the online call raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspex.exceptions import LMBatchPendingError, PayloadError, is_retryable
+from tasks.batch import BatchResult, RowError, execute_module_batch
+from tasks.lm.batch_api import BatchClient, BatchInfo
+from tasks.lm.batch_pricing import batch_usage
+from tasks.lm.replay import Answer, NeedsAnswer, ReplayLM, ResponseStore, error_for
+from tasks.payloads import storage
+from tasks.retry import RetryPolicy
+from tasks.rows import set_field
+from tasks.usage import Usage
+
+if TYPE_CHECKING:
+    from flows.engine import EngineContext
+    from flows.router import RouteDecision
+
+__all__ = [
+    "BATCH_PREFIX",
+    "BatchJobState",
+    "BatchMode",
+    "LMBatchRecord",
+    "RoundState",
+    "awaiting_batch",
+    "backoff_seconds",
+    "batch_mode_for",
+    "deployment_run",
+    "run_batch_step",
+    "schedule_recheck",
+]
+
+#: Folder (under the payload base URL) holding the batch jobs' state.
+BATCH_PREFIX = "lm_batches"
+logger = logging.getLogger("dspex.batch_mode")
+Wait = Literal["poll", "exit"]
+
+
+@dataclass(frozen=True)
+class BatchMode:
+    """Which steps of a run go through the batch API, and how the run waits.
+
+    Attributes:
+        steps: True: every module step; else the names of the steps.
+        fallback: ``retry`` (failed requests go in the next round) or ``online``.
+        wait: ``poll`` (wait in this process) or ``exit`` (raise `LMBatchPendingError`).
+    """
+
+    steps: bool | frozenset[str] = True
+    fallback: Literal["retry", "online"] = "retry"
+    wait: Wait = "poll"
+
+    def applies(self, step: Any) -> bool:
+        """Whether ``step`` runs in batch mode."""
+        if getattr(step, "kind", None) != "module":
+            return False
+        return self.steps is True or (isinstance(self.steps, frozenset) and step.name in self.steps)
+
+
+class RoundState(BaseModel):
+    """One round of a batch job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    key: str = Field(description="Idempotency key, sent as the batch's metadata dspex_key.")
+    status: Literal["preparing", "submitted", "done"] = "preparing"
+    requests: int = 0
+    file_id: str | None = None
+    batch_id: str | None = None
+    provider_status: str | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    checks: int = 0
+    answered: int = 0
+    failed: int = 0
+
+
+class BatchJobState(BaseModel):
+    """A batch job's saved state (``state.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    step: str
+    module: str
+    model: str
+    rows: int
+    rounds: list[RoundState] = Field(default_factory=list)
+    failures: dict[str, int] = Field(default_factory=dict, description="Request key -> failed attempts.")
+
+
+class LMBatchRecord(BaseModel):
+    """What batch mode did for one step (in the step record and the duration artifact)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    rounds: int
+    requests: int = Field(description="Requests submitted, over all rounds.")
+    batch_ids: list[str]
+    submitted_at: list[str | None]
+    completed_at: list[str | None]
+    wait_s: float = Field(description="Seconds from the first submission to the last completion.")
+    online_fallbacks: int = 0
+    overhead_ms: list[float] = Field(default_factory=list, description="Our time per round (replay, files).")
+    price: str = ""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def backoff_seconds(checks: int, first: float, most: float) -> float:
+    """The wait before check number ``checks + 1``: ``first`` doubling per check, at most ``most``."""
+    return float(min(first * (2 ** min(checks, 30)), most))
+
+
+class _Job:
+    """A batch job's files (state and answers) under the payload base URL."""
+
+    def __init__(self, base_url: str, state: BatchJobState) -> None:
+        self.folder = storage.join(base_url, f"{BATCH_PREFIX}/{state.job}")
+        self.state = state
+
+    @classmethod
+    def open(cls, base_url: str, fresh: BatchJobState) -> _Job:
+        job = cls(base_url, fresh)
+        uri = storage.join(job.folder, "state.json")
+        if storage.exists(uri):
+            try:
+                job.state = BatchJobState.model_validate_json(bytes(memoryview(storage.read_bytes(uri))))
+            except ValueError as exc:
+                raise PayloadError(f"corrupt batch job state: {exc}", uri=uri) from exc
+        return job
+
+    def save(self) -> None:
+        storage.write_atomic(storage.join(self.folder, "state.json"), self.state.model_dump_json().encode())
+
+    def write_answers(self, number: int, answers: dict[str, Answer]) -> None:
+        data = json.dumps({k: a.to_json() for k, a in answers.items()}, separators=(",", ":")).encode()
+        storage.write_atomic(storage.join(self.folder, f"answers-{number}.json"), data)
+
+    def answers(self) -> dict[str, Answer]:
+        found: dict[str, Answer] = {}
+        for r in self.state.rounds:
+            if r.status != "done":
+                continue
+            uri = storage.join(self.folder, f"answers-{r.number}.json")
+            try:
+                raw = json.loads(bytes(memoryview(storage.read_bytes(uri))))
+            except (OSError, PayloadError, ValueError) as exc:
+                raise PayloadError(f"batch answers of round {r.number} unreadable: {exc}", uri=uri) from exc
+            found.update({k: Answer.from_json(v) for k, v in raw.items()})
+        return found
+
+
+class _Waiting(Exception):
+    """A row that stopped at an unanswered LM call (turned into its row error, then recognised)."""
+
+
+def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``submit`` for `execute_module_batch` that runs each row at once, here: a replay costs no I/O,
+    and one thread avoids contention on the GIL for ten thousand rows."""
+    future: Future[Any] = Future()
+    try:
+        future.set_result(fn(*args))
+    except NeedsAnswer as waiting:
+        future.set_exception(_Waiting(waiting.key))
+    except Exception as exc:  # the row's failure, classified by execute_module_batch
+        future.set_exception(exc)
+    return future
+
+
+def _job_id(step: Any, rows: list[dict[str, Any]], lm_key: str) -> str:
+    from flows.resume import row_key, step_key
+
+    keys = [row_key(step, row) for row in rows]
+    blob = json.dumps([step_key(step, lm_key), keys], separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def run_batch_step(
+    step: Any,
+    rows: list[dict[str, Any]],
+    active: list[int],
+    ctx: EngineContext,
+    decision: RouteDecision,
+    reused: int = 0,
+) -> None:
+    """Run one module step over ``rows[active]`` through the provider's batch API.
+
+    Rows get their outputs (or ``_error``) in place; a `StepRecord` with the batch details is added to
+    ``ctx.records``.
+
+    Raises:
+        LMBatchUnsupportedError: The LM or provider has no batch API (before anything is sent).
+        LMBatchPendingError: ``wait == "exit"`` and the current round's batch is not done.
+        LMBatchError: The provider refused an upload or a batch.
+    """
+    from flows.engine import _fail, _log
+    from flows.executors.base import BatchRequest
+
+    mode: BatchMode = ctx.batch_mode
+    settings = ctx.settings
+    started = time.perf_counter()
+    lm = ctx.lm
+    if lm is None:
+        from tasks.lm import build_lm
+
+        lm = build_lm(settings)
+    client = BatchClient.for_lm(lm)  # typed error for an offline LM, a custom client, another API
+    try:
+        client.check()  # a provider without /v1/batches: a typed error before anything is sent
+        model = str(lm.model)
+        subset = [rows[i] for i in active]
+        fresh = BatchJobState(
+            job=_job_id(step, subset, ctx.lm_key),
+            step=str(step.name),
+            module=step.module,
+            model=model,
+            rows=len(subset),
+        )
+        job = _Job.open(settings.resolved_payload_url, fresh)
+        store = ResponseStore(job.answers())
+        policy = RetryPolicy.from_settings(settings)
+        waiting = list(range(len(subset)))
+        outputs: list[dict[str, Any] | None] = [None] * len(subset)
+        errors: list[RowError | None] = [None] * len(subset)
+        online_usage: list[Usage] = []
+        overhead: list[float] = []
+        fallbacks = 0
+        while waiting:
+            if ctx.stopping():
+                stop = RowError(
+                    type="NotAttempted",
+                    message=f"the run stopped while batch job {job.state.job} was waiting; a re-run picks it up",
+                    retryable=True,
+                    not_attempted=True,
+                )
+                for n in waiting:
+                    errors[n] = stop
+                break
+            round_start = time.perf_counter()
+            result = execute_module_batch(
+                step,
+                [subset[n] for n in waiting],
+                lm=ReplayLM(lm, store),
+                submit=_inline,
+                policy=RetryPolicy(attempts=1),  # rounds retry, not the replay (see _collect)
+                pool="provider-batch",
+            )
+            online_usage.append(result.usage)  # only online fallbacks report usage
+            still = []
+            for n, output, error in zip(waiting, result.outputs, result.errors, strict=True):
+                if error is not None and error.type == _Waiting.__name__:
+                    still.append(n)
+                else:
+                    outputs[n], errors[n] = output, error
+            waiting = still
+            pending = store.take_pending()
+            if not pending:
+                break
+            current = _current_round(job, client, pending, settings.lm_batch_completion_window)
+            overhead.append((time.perf_counter() - round_start) * 1000)
+            _log(
+                "step %s: batch round %d: %d request(s) for %d waiting row(s) in batch %s",
+                step.name,
+                current.number,
+                current.requests,
+                len(waiting),
+                current.batch_id,
+            )
+            info = _wait(client, job, current, ctx)
+            collect_start = time.perf_counter()
+            fallbacks += _collect(client, info, job, current, pending, store, policy, mode.fallback, model)
+            overhead[-1] += (time.perf_counter() - collect_start) * 1000
+    finally:
+        client.close()
+
+    for n, i in enumerate(active):
+        if errors[n] is not None:
+            _fail(rows[i], step.name, errors[n])  # type: ignore[arg-type]
+        elif outputs[n] is not None:
+            for key, value in (outputs[n] or {}).items():
+                set_field(rows[i], key, value)
+    if ctx.resume is not None and any(o is not None for o in outputs):
+        result = BatchResult(
+            outputs=outputs,
+            errors=errors,
+            latencies_ms=[0.0] * len(subset),
+            wall_ms=0.0,
+            pool="provider-batch",
+        )
+        ctx.resume.store(
+            BatchRequest(step=step, rows=subset, pool="provider-batch", batch_key=job.state.job), result
+        )
+    record = _record(
+        step, decision, job, store, rows, active, started, reused, online_usage, overhead, fallbacks, settings
+    )
+    from flows.batch_estimates import record_batch_wait
+
+    if record.lm_batch is not None and record.lm_batch.rounds:
+        record_batch_wait(step.module, model, record.lm_batch.wait_s / record.lm_batch.rounds)
+    ctx.records.append(record)
+
+
+def _current_round(
+    job: _Job, client: BatchClient, pending: dict[str, dict[str, Any]], window: str
+) -> RoundState:
+    """The round holding ``pending``: the unfinished one an earlier run submitted (or was submitting),
+    else a new one, recorded as *preparing* before anything is uploaded."""
+    last = job.state.rounds[-1] if job.state.rounds else None
+    if last is None or last.status == "done":
+        last = RoundState(
+            number=len(job.state.rounds) + 1, key=f"dspex-{job.state.job}-r{len(job.state.rounds) + 1}"
+        )
+        job.state.rounds.append(last)
+        last.requests = len(pending)
+        job.save()
+    if last.status == "preparing":
+        found = client.find(last.key)  # submitted just before a crash: adopt it, never submit twice
+        if found is None:
+            lines = [
+                {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
+                for key, body in pending.items()
+            ]
+            last.file_id = client.upload(lines, f"{last.key}.jsonl")
+            found = client.create(last.file_id, {"dspex_key": last.key}, window)
+        last.batch_id = found.id
+        last.provider_status = found.status
+        last.status = "submitted"
+        last.submitted_at = last.submitted_at or _now()
+        last.requests = len(pending)
+        job.save()
+    return last
+
+
+def _wait(client: BatchClient, job: _Job, current: RoundState, ctx: EngineContext) -> BatchInfo:
+    """The batch once it is done: polled here with backoff, or (``exit``) `LMBatchPendingError`."""
+    settings = ctx.settings
+    assert current.batch_id is not None
+    while True:
+        info = client.retrieve(current.batch_id)
+        current.provider_status = info.status
+        if info.done:
+            return info
+        wait = backoff_seconds(
+            current.checks, settings.lm_batch_poll_seconds, settings.lm_batch_poll_max_seconds
+        )
+        current.checks += 1
+        job.save()
+        if ctx.batch_mode.wait == "exit":
+            raise LMBatchPendingError(
+                f"step {job.state.step}: batch {current.batch_id} (round {current.number}, {current.requests} "
+                f"requests) is {info.status}; next check in {wait:.0f} s",
+                job=job.state.job,
+                batch_id=current.batch_id,
+                check_in_s=wait,
+            )
+        until = time.monotonic() + wait
+        while (left := until - time.monotonic()) > 0:
+            if ctx.stopping():
+                return info  # not done: its requests stay unanswered, and the rows not attempted
+            time.sleep(min(left, 0.5))
+
+
+def _collect(
+    client: BatchClient,
+    info: BatchInfo,
+    job: _Job,
+    current: RoundState,
+    pending: dict[str, dict[str, Any]],
+    store: ResponseStore,
+    policy: RetryPolicy,
+    fallback: str,
+    model: str,
+) -> int:
+    """Put a finished batch's answers in the store and the job's files; returns the online fallbacks.
+
+    A request without an answer line (expired, cancelled, a failed batch) counts as a transient
+    failure. Failed requests are retried in the next round while the retry policy allows (they are
+    simply not answered), asked online under the ``online`` fallback, or kept as the error the row
+    then fails with.
+    """
+    if not info.done:  # the run stopped while waiting: nothing to collect
+        return 0
+    lines: list[dict[str, Any]] = []
+    for file_id in (info.output_file_id, info.error_file_id):
+        if file_id:
+            lines.extend(client.content(file_id))
+    answers: dict[str, Answer] = {}
+    failed: dict[str, Answer] = {}
+    for line in lines:
+        key = line.get("custom_id")
+        if key not in pending:
+            continue
+        response = line.get("response") or {}
+        status = int(response.get("status_code") or 0)
+        body = response.get("body")
+        if line.get("error") is None and status == 200 and isinstance(body, dict):
+            answers[key] = Answer(response=body)
+        else:
+            error = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
+            failed[key] = Answer(
+                status=status if status >= 400 else 0, message=str(error.get("message") or error)
+            )
+    why = f"request not answered: batch {info.id} ended {info.status}"
+    for key in pending:
+        if key not in answers and key not in failed:
+            failed[key] = Answer(status=0, message=why)
+    fallbacks = 0
+    for key, failure in failed.items():
+        attempts = job.state.failures.get(key, 0) + 1
+        job.state.failures[key] = attempts
+        transient = is_retryable(error_for(failure.status, failure.message, model))
+        if transient and fallback == "online":
+            answers[key] = Answer(online=True, status=failure.status, message=failure.message)
+            fallbacks += 1
+        elif not transient or attempts >= policy.attempts:
+            answers[key] = failure  # the row fails with it, as online after its last attempt
+        # else: left unanswered, so the next round sends it again
+    job.write_answers(current.number, answers)  # before the round is marked done: a crash re-collects
+    for key, answer in answers.items():
+        store.put(key, answer)
+    current.answered = sum(a.response is not None for a in answers.values())
+    current.failed = len(failed)
+    current.status = "done"
+    current.completed_at = _now()
+    job.save()
+    if info.status != "completed":
+        logger.warning("batch %s ended %s: %d request(s) unanswered", info.id, info.status, len(failed))
+    return fallbacks
+
+
+def _record(
+    step: Any,
+    decision: RouteDecision,
+    job: _Job,
+    store: ResponseStore,
+    rows: list[dict[str, Any]],
+    active: list[int],
+    started: float,
+    reused: int,
+    online_usage: list[Usage],
+    overhead: list[float],
+    fallbacks: int,
+    settings: Any,
+) -> Any:
+    from flows.engine import ERROR_FIELD, StepRecord
+    from tasks.lm.batch_pricing import batch_rates
+
+    rounds = job.state.rounds
+    responses = [a.response for a in store.answers.values() if a.response is not None and not a.online]
+    usage = batch_usage(job.state.model, [r for r in responses if r.get("usage")], settings.lm_batch_discount)
+    usage = usage + Usage.total(online_usage)
+    times = [(r.submitted_at, r.completed_at) for r in rounds]
+    wait_s = 0.0
+    if rounds and rounds[0].submitted_at and rounds[-1].completed_at:
+        first = dt.datetime.fromisoformat(rounds[0].submitted_at)
+        wait_s = (dt.datetime.fromisoformat(rounds[-1].completed_at) - first).total_seconds()
+    rates = batch_rates(job.state.model, settings.lm_batch_discount)
+    failed = [i for i in active if ERROR_FIELD in rows[i] and rows[i][ERROR_FIELD]["step"] == step.name]
+    return StepRecord(
+        step=step.name,
+        kind=step.kind,
+        module=decision.module,
+        pool="provider-batch",
+        requested_pool=decision.requested_pool,
+        actual_pool=["provider-batch"] if rounds else [],
+        batch_size=len(active),
+        batches=len(rounds),
+        rows=len(active),
+        failed=len(failed),
+        not_attempted=sum(bool(rows[i][ERROR_FIELD].get("not_attempted")) for i in failed),
+        actual_ms=round((time.perf_counter() - started) * 1000, 1),
+        reason=f"provider batch API: {len(rounds)} round(s), {sum(r.requests for r in rounds)} request(s)",
+        reused_rows=reused,
+        usage=usage,
+        lm_batch=LMBatchRecord(
+            job=job.state.job,
+            rounds=len(rounds),
+            requests=sum(r.requests for r in rounds),
+            batch_ids=[r.batch_id or "" for r in rounds],
+            submitted_at=[s for s, _ in times],
+            completed_at=[c for _, c in times],
+            wait_s=round(wait_s, 1),
+            online_fallbacks=fallbacks,
+            overhead_ms=[round(o, 1) for o in overhead],
+            price=rates[2] if rates else "unpriced",
+        ),
+    )
+
+
+def batch_mode_for(spec: Any, settings: Any, lm_batch: bool | None, wait: str = "auto") -> BatchMode | None:
+    """The run's `BatchMode` (None: every step online).
+
+    Args:
+        spec: The pipeline (its ``lm_batch`` and ``lm_batch_fallback``).
+        settings: The settings (``DSPEX_LM_BATCH_API``, ``DSPEX_LM_BATCH_FALLBACK``).
+        lm_batch: The caller's switch (``--batch-api``, a flow parameter); None: the spec's, else the
+            setting's.
+        wait: ``poll``, ``exit``, or ``auto``: ``exit`` in a deployment's own flow run (no worker is
+            held while the provider works), ``poll`` elsewhere.
+    """
+    chosen: bool | list[str] = lm_batch if lm_batch is not None else (spec.lm_batch or settings.lm_batch_api)
+    if not chosen:
+        return None
+    if wait == "auto":
+        wait = "exit" if deployment_run() is not None else "poll"
+    return BatchMode(
+        steps=True if chosen is True else frozenset(chosen),
+        fallback=spec.lm_batch_fallback or settings.lm_batch_fallback,
+        wait="exit" if wait == "exit" else "poll",
+    )
+
+
+def deployment_run() -> Any:
+    """The current flow run when it is a deployment's own run (not a subflow, not a Python call)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = getattr(context, "flow_run", None)
+    return run if run is not None and run.deployment_id is not None else None
+
+
+def awaiting_batch(pending: LMBatchPendingError) -> Any:
+    """The final state of a flow run that stops at a pending batch: ``Completed`` named
+    ``AwaitingBatch`` whose result is ``pending``, after scheduling the re-check when the run is a
+    deployment's own (a subflow's caller, `flows.batch_predict`, schedules its own)."""
+    from prefect.states import Completed
+
+    recheck = schedule_recheck(pending)
+    message = str(pending) + (f"; re-check scheduled as flow run {recheck}" if recheck else "")
+    return Completed(name="AwaitingBatch", message=message, data=pending)
+
+
+def schedule_recheck(pending: LMBatchPendingError) -> str | None:
+    """From a deployment's flow run: schedule a run of the same deployment with the same parameters
+    when the pending batch is due for its next check; returns the new run's id (None outside a
+    deployment run). The idempotency key (job, batch, check time bucket) keeps a retried flow run
+    from scheduling the same re-check twice."""
+    from prefect.deployments import run_deployment
+
+    run = deployment_run()
+    if run is None:
+        return None
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=pending.check_in_s)
+    recheck = run_deployment(
+        name=run.deployment_id,
+        parameters=dict(run.parameters or {}),  # as the server holds them: JSON
+        scheduled_time=when,
+        timeout=0,
+        as_subflow=False,
+        idempotency_key=f"{run.id}-recheck-{pending.batch_id}",
+        flow_run_name=f"{str(run.name)[:40]}-recheck",
+        tags=["dspex-batch-recheck"],
+    )
+    logger.info(
+        "batch %s pending: re-check scheduled as flow run %s at %s", pending.batch_id, recheck.id, when
+    )
+    return str(recheck.id)
