@@ -72,6 +72,18 @@ class Settings(BaseSettings):
         description="Automatic batch sizing aims for batches that take about this long, so per-task "
         "(local) or per-dispatch (distributed) overhead stays small.",
     )
+    batch_max_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="Automatic batch sizing never puts more rows than this in one batch, so a batch lost "
+        "with its worker costs little to redo (issue 26); an explicit batch_size is not capped.",
+    )
+    batch_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Automatic batch sizing keeps a batch's expected time (from the duration estimate) "
+        "under this many seconds, for the same reason as batch_max_rows.",
+    )
     dispatch_poll_seconds: float = Field(
         default=0.5,
         gt=0,

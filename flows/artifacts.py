@@ -5,6 +5,14 @@ Every key is per pipeline (``duration-estimates-<pipeline>``, ``pipeline-summary
 history. The ``pool`` column names the pool that actually ran the step's batches: when a pool could
 not take work and its batches went elsewhere (the fallback policy), it says so, e.g.
 ``general (fallback from gpu)``.
+
+The duration table puts what a user reads first in its first columns (`DURATION_COLUMNS`: step,
+pool, rows, estimated ms, actual ms, error %, estimate), so it fits a screen (17 columns were cut
+off at 1400 px: issue 26.6); batch counts, failures, tokens and cost go to a second table
+(``duration-details-<pipeline>``). The ``estimate`` column says where the estimate came from:
+``seed`` (the catalogue's static value, used until enough runs were observed: often far off, and
+labelled so), ``learned`` (earlier runs), ``reused`` (every row was reused from an earlier run, so
+nothing ran and no estimate is judged), or ``none`` (native steps).
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from flows.metrics import metrics_markdown
 
 __all__ = [
     "DURATION_ARTIFACT_KEY",
+    "DURATION_COLUMNS",
+    "details_key",
     "duration_key",
     "duration_rows",
+    "estimate_label",
     "pool_label",
     "progress_reporter",
     "summary_key",
@@ -35,6 +46,8 @@ __all__ = [
 ]
 
 DURATION_ARTIFACT_KEY = "duration-estimates"
+#: The duration table's columns, in order; every other column of `duration_rows` is a detail.
+DURATION_COLUMNS = ("step", "pool", "rows", "estimated ms", "actual ms", "error %", "estimate")
 
 
 def summary_key(pipeline: str) -> str:
@@ -49,6 +62,19 @@ def _slug(pipeline: str) -> str:
 def duration_key(pipeline: str) -> str:
     """The duration table's key for a pipeline: ``duration-estimates-<pipeline>``."""
     return f"{DURATION_ARTIFACT_KEY}-{_slug(pipeline)}"[:100]
+
+
+def details_key(pipeline: str) -> str:
+    """The second duration table's key: ``duration-details-<pipeline>`` (batches, tokens, cost)."""
+    return f"duration-details-{_slug(pipeline)}"[:100]
+
+
+def estimate_label(record: Any) -> str:
+    """Where a step's estimate came from, as the table says it (see the module docstring)."""
+    reused: int = getattr(record, "reused_rows", 0) or 0
+    if not record.rows and reused:
+        return "reused"
+    return {"static": "seed"}.get(str(record.estimate_source), str(record.estimate_source))
 
 
 def pool_label(record: Any) -> str:
@@ -71,21 +97,25 @@ def pool_label(record: Any) -> str:
 
 
 def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
-    """The duration table: one row per executed step."""
+    """The duration table: one row per executed step, `DURATION_COLUMNS` first, then the details.
+
+    ``rows`` counts the rows that ran; reused rows are in ``reused rows``, never in the estimate's
+    error (issue 26.2).
+    """
     return [
         {
             "step": r.step,
+            "pool": pool_label(r),
+            "rows": r.rows,
+            "estimated ms": r.estimated_ms if r.estimated_ms is not None and r.rows else "-",
+            "actual ms": r.actual_ms,
+            "error %": r.error_pct if r.error_pct is not None and r.rows else "-",
+            "estimate": estimate_label(r),
             "kind": r.kind,
             "module": r.module or "-",
-            "pool": pool_label(r),
             "batch size": r.batch_size,
             "batches": r.batches,
-            "rows": r.rows,
             "failed": r.failed,
-            "estimated ms": r.estimated_ms if r.estimated_ms is not None else "-",
-            "actual ms": r.actual_ms,
-            "error %": r.error_pct if r.error_pct is not None else "-",
-            "estimate": r.estimate_source,
             # Tokens and cost, estimated (learned per module and model) vs actual (issue 12).
             **_usage_columns(r),
         }
@@ -126,13 +156,28 @@ def _usage_columns(record: Any) -> dict[str, Any]:
 
 
 def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> Any:
-    """Create this run's duration table artifact (key `duration_key`)."""
-    return create_table_artifact(
+    """Create this run's duration tables: `duration_key` (`DURATION_COLUMNS`) and `details_key`."""
+    rows = duration_rows(records)
+    first = [{c: row[c] for c in DURATION_COLUMNS} for row in rows]
+    details = [
+        {"step": row["step"], **{c: v for c, v in row.items() if c not in DURATION_COLUMNS}} for row in rows
+    ]
+    artifact = create_table_artifact(
         key=duration_key(pipeline),
-        table=duration_rows(records),
-        description=f"Estimated vs actual step durations of pipeline '{pipeline}' (LM: {lm_name}). "
-        "Static estimates come from the registry catalogue; learned ones from earlier runs.",
+        table=first,
+        description=redact(
+            f"Estimated vs actual step durations of pipeline '{pipeline}' (LM: {lm_name}). estimate: "
+            "'seed' is the registry catalogue's static value, used until enough runs were observed "
+            "(often far off); 'learned' comes from earlier runs; 'reused' means every row was reused "
+            f"from an earlier run. Batches, tokens and cost: artifact '{details_key(pipeline)}'."
+        ),
     )
+    create_table_artifact(
+        key=details_key(pipeline),
+        table=details,
+        description=redact(f"Per-step details of pipeline '{pipeline}': batches, failures, tokens, cost."),
+    )
+    return artifact
 
 
 def write_summary_artifact(summary: Any, records: list[Any], lm: dict[str, Any], output_uri: str) -> Any:

@@ -295,10 +295,6 @@ def batch_key(step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], lm_ke
 def _module_step(
     step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
 ) -> None:
-    decision = route_step(
-        step, len(active), ctx.settings, ctx.availability, input_size=_row_chars(step, rows, active)
-    )
-    events.step_decided(decision, len(active))
     reused = 0
     if ctx.resume is not None:  # rows earlier runs completed are taken, not dispatched (flows.resume)
         done, active = ctx.resume.split(step, rows, active)
@@ -313,6 +309,17 @@ def _module_step(
                 reused,
                 len(active),
             )
+    # Routed after resume took its rows: batch sizes and the estimate are for the rows that run
+    # (the estimate of 40 reused rows against 0 ms run read as a 36433 % error: issue 26.2).
+    decision = route_step(
+        step,
+        len(active),
+        ctx.settings,
+        ctx.availability,
+        input_size=_row_chars(step, rows, active),
+        slots=ctx.get_executor().slots,  # at least one batch per live worker (issue 26)
+    )
+    events.step_decided(decision, len(active))
     if ctx.batch_mode is not None and ctx.batch_mode.applies(step):  # provider batch API (issue 21)
         from flows.batch_mode import run_batch_step
 
@@ -495,14 +502,16 @@ def _record(
     results: list[BatchResult | BaseException],
 ) -> StepRecord:
     indices = [i for chunk in chunks for i in chunk]
-    events.estimate_drift(
-        step.name,
-        module=decision.module,
-        pool=decision.pool,
-        estimated_ms=decision.estimated_ms,
-        actual_ms=actual_ms,
-    )
-    error = abs(decision.estimated_ms - actual_ms) / actual_ms * 100 if actual_ms > 0 else None
+    error = None
+    if indices:  # nothing ran (every row reused): there is no estimate to be wrong (issue 26.2)
+        events.estimate_drift(
+            step.name,
+            module=decision.module,
+            pool=decision.pool,
+            estimated_ms=decision.estimated_ms,
+            actual_ms=actual_ms,
+        )
+        error = abs(decision.estimated_ms - actual_ms) / actual_ms * 100 if actual_ms > 0 else None
     ran_on = sorted(
         {r.pool for r in results if isinstance(r, BatchResult) and r.pool and r.not_attempted < len(r.errors)}
     )

@@ -34,6 +34,7 @@ from flows.interrupts import handle_signals
 from flows.metrics import RunMetrics, build_metrics, collect
 from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
+from flows.resume import reuse_note
 from flows.safekeeping import keep_partial, prepare_input_rows, row_number, store_output
 from flows.spec import ModuleStep, PipelineSpec
 from tasks import tracing
@@ -333,12 +334,13 @@ def run_pipeline(
     except (OSError, PayloadError, RegistryError) as exc:  # learned estimates are an optimization; go on
         logger.warning("could not save the registry's learned estimates: %s", exc)
     logger.info(
-        "pipeline %s: %d rows in, %d completed, %d failed; output %s",
+        "pipeline %s: %d rows in, %d completed, %d failed; output %s%s",
         spec.name,
         summary.rows_in,
         summary.rows_out,
         summary.failed,
         output.uri,
+        reuse_note(summary.reused_rows),  # reused rows are said so, with how to re-run (issue 26.2)
     )
     stopped = run_control.stopped_error(ctx, summary, output)
     if isinstance(stopped, RunInterruptedError):  # the flow run ends Cancelled; the caller gets the error

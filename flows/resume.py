@@ -10,7 +10,8 @@ that every worker reaches):
 Keys:
 
 * ``step_key`` (`step_key`): the step's definition (module, signature, options; not its name,
-  batch size or pool, which do not change an answer) and the LM's identity;
+  batch size or pool, which do not change an answer), the LM's identity (never its key) and the
+  program's (its source files, saved state and the DSPy version: an edited program runs again);
 * ``row_key`` (`row_key`): the values of the row fields the step reads;
 * ``batch_key`` (`batch_key`): ``<step_key>-<hash of its row keys>``; a dispatched batch's result is
   found by it (a re-dispatched batch is never recomputed).
@@ -51,6 +52,7 @@ import fsspec
 from dspex.exceptions import PayloadError
 from dspex.settings import get_settings
 from tasks.batch import BatchResult
+from tasks.modules import program_identity, program_optional_names
 from tasks.payloads import PayloadRef, read_payload, storage, write_payload
 from tasks.rows import get_field
 
@@ -63,6 +65,7 @@ __all__ = [
     "batch_key",
     "read_batch_result",
     "result_ref_uri",
+    "reuse_note",
     "row_key",
     "step_key",
     "write_batch_result",
@@ -86,11 +89,19 @@ def _digest(value: Any, size: int = 16) -> str:
 def _reads(step: Any) -> list[str]:
     """The row fields a module or retrieve step reads (what its answer depends on)."""
     retrieve = {getattr(step, "retrieve", "")} - {""}
-    return sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()) | retrieve)
+    optional = {getattr(step, "inputs", {}).get(n, n) for n in program_optional_names(step)}
+    return sorted(set(getattr(step, "inputs", {}).values()) | set(step.needs()) | retrieve | optional)
 
 
 def step_key(step: Any, lm_key: str, salt: str = "") -> str:
-    """The identity of a step's computation: its definition and the LM (32 hex characters).
+    """The identity of a step's computation (32 hex characters): what can change its answers.
+
+    It covers the step's spec (module, signature, instructions, options, input/output mapping,
+    tools, reward, state location, rate limits; not its name, batch size or pool), the LM
+    (``lm_key``: model, API base without credentials, temperature and the other LM options; never
+    the API key), and the program's identity (`tasks.modules.program_identity`: the source of a
+    user program's modules, a hash of its saved state file, the DSPy version). An edited program
+    therefore runs again instead of returning an earlier run's answers (issue 24).
 
     Args:
         step: A module or retrieve step.
@@ -98,7 +109,7 @@ def step_key(step: Any, lm_key: str, salt: str = "") -> str:
         salt: Makes the key unique (a run that must not reuse earlier results passes its run id).
     """
     config = step.model_dump(mode="json", exclude={"name", "batch_size", "pool"})
-    return _digest([config, lm_key, salt])
+    return _digest([config, lm_key, salt, program_identity(step)])
 
 
 def row_key(step: Any, row: Mapping[str, Any], reads: list[str] | None = None) -> str:
@@ -326,6 +337,17 @@ def _journal_rows(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(entry, dict) and isinstance(entry.get("k"), str) and isinstance(entry.get("o"), dict):
             found.append((entry["k"], entry["o"]))
     return found
+
+
+def reuse_note(reused_rows: int) -> str:
+    """What a run's summary line adds when rows were reused: that they did not run, and how to run
+    them again (issue 26.2: a default run after an earlier one "did nothing"); '' when none were."""
+    if not reused_rows:
+        return ""
+    return (
+        f"; {reused_rows} row(s) reused from earlier runs, not run again (to run them: "
+        "`dspex run --no-resume`, the `resume` parameter set to false for deployments, or DSPEX_RESUME=false)"
+    )
 
 
 def result_ref_uri(key: str, base_url: str | None = None) -> str:

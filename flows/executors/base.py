@@ -90,6 +90,13 @@ class BatchExecutor(ABC):
         """
         return 32
 
+    def slots(self, pool: str) -> int:
+        """How many batches ``pool`` runs side by side: batch sizing gives each slot one at least.
+
+        Locally, every batch's rows share the pool's one bounded executor: one slot.
+        """
+        return 1
+
     @abstractmethod
     def _run(self, request: BatchRequest) -> BatchResult:
         """Run the batch (no reuse, no stop check: `run` does those)."""
