@@ -119,6 +119,7 @@ def run(
     from deployments.cli.stopped import report_stopped, usage_line
     from dspex.exceptions import DSPexError, RunStoppedError
     from flows import run_pipeline
+    from flows.resume import reuse_note
 
     try:
         spec = load_spec_file(spec_file)  # errors name the file (issue 13)
@@ -158,8 +159,9 @@ def run(
         print_error(console, exc)
         console.print(f"the output is stored in {escape(result.output.uri)} (dspex show can export it)")
         raise typer.Exit(2) from None
-    console.print(
+    console.print(  # reused rows are said so, with how to re-run them (issue 26.2)
         f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed"
+        + escape(reuse_note(result.summary.reused_rows))
     )
     # soft_wrap: the path stays on one line, so it can be copied (and parsed) as printed
     console.print(
