@@ -7,8 +7,13 @@ Secrets reach text in three shapes, and `redact` masks all three:
   the access key);
 - **secret query parameters**: ``?api_key=...``, ``&token=...``, ``X-Amz-Signature=...`` and the like
   keep their name and lose their value;
-- **known secret values**: the LM API key from the settings or from the variable they name, and
+- **known secret values**: the LM API key from the settings or from the variable they name, the
+  password (and ``user:password``) inside every configured URL (`known_secrets`), and
   ``Authorization: Bearer ...`` headers, wherever they appear.
+
+HTTP clients often print a URL's authority without its scheme (DSPy's transport says ``failed to
+connect to alice:pw@127.0.0.1:8000``), so a bare ``user:password@host`` is masked too
+(``***@127.0.0.1:8000``), and a configured password is masked even when it appears alone.
 
 `redact` is idempotent and cheap on text without ``://``, ``=`` or a known secret (a few regex
 scans), so it can run on every log record (`install_log_redaction`).
@@ -22,9 +27,17 @@ import re
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "install_log_redaction", "known_secrets", "redact", "redact_url"]
+__all__ = [
+    "MASK",
+    "install_log_redaction",
+    "known_secrets",
+    "redact",
+    "redact_data",
+    "redact_url",
+    "url_secrets",
+]
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -39,6 +52,9 @@ _SECRET_PARAM = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@]*)@")
+# ``user:password@host`` without a scheme (an authority as clients print it): the colon and the
+# ``@`` followed by a host make it a credential; ``git@host`` or ``a@b.c`` have no password part.
+_BARE_USERINFO = re.compile(r"(?<![\w.~%+\-:/@])[\w.~%+\-!$&()*;=,]+:[^\s/@:'\"<>`]+@(?=[\w\[])")
 
 
 def redact_url(url: str) -> str:
@@ -68,20 +84,77 @@ def _mask_params(text: str) -> str:
 _SECRETS_TTL = 30.0
 _secrets_cache: tuple[tuple[str | None, ...], float, list[str]] | None = None
 
+#: Variables outside DSPex's settings whose value is a URL that may carry a password.
+_URL_VARIABLES = (
+    "PREFECT_API_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "PREFECT_UI_API_URL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+#: Variables whose whole value is a secret (``PREFECT_API_AUTH_STRING`` is ``user:password``).
+_SECRET_VARIABLES = (
+    "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_API_DATABASE_PASSWORD",
+    "PREFECT_SERVER_DATABASE_PASSWORD",
+)
+#: The DSPex settings that hold URLs (``data_roots`` is a list of them).
+_URL_SETTINGS = ("lm_api_base", "payload_url", "session_url", "data_roots")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials inside one URL's userinfo: ``user:password`` and the password, each raw and
+    percent-decoded (clients print either). A user name alone is no secret value (the URL shape
+    still masks it inside a URL)."""
+    match = _USERINFO.match(url.strip())
+    if match is None:
+        return []
+    userinfo = match["userinfo"]
+    _, colon, password = userinfo.partition(":")
+    if not colon or not password:
+        return []
+    return list(dict.fromkeys(v for value in (userinfo, password) for v in (value, unquote(value))))
+
+
+def _watched() -> tuple[str | None, ...]:
+    env_name = os.environ.get("DSPEX_LM_API_KEY_ENV") or "OPENAI_API_KEY"
+    names = (
+        "DSPEX_LM_API_KEY",
+        env_name,
+        *(f"DSPEX_{name.upper()}" for name in _URL_SETTINGS),
+        *_URL_VARIABLES,
+        *_SECRET_VARIABLES,
+    )
+    return (env_name, *(os.environ.get(name) for name in names))
+
 
 def known_secrets() -> list[str]:
-    """The secret values configured here: the LM API key (setting or the variable it names).
+    """The secret values configured here, which `redact` masks wherever they appear.
 
-    Values shorter than 6 characters are left out: masking them would mangle ordinary words.
+    They are: the LM API key (setting or the variable it names); the password and
+    ``user:password`` inside each configured URL (``DSPEX_LM_API_BASE``, ``DSPEX_PAYLOAD_URL``,
+    ``DSPEX_SESSION_URL``, ``DSPEX_DATA_ROOTS``, ``PREFECT_API_URL``, Prefect's database URL,
+    proxies); Prefect's API key, auth strings and database password.
+
+    Values shorter than 6 characters are left out: masking them would mangle ordinary words (a
+    short password is still masked inside a URL or ``user:password@host``).
     """
     global _secrets_cache
-    env_name = os.environ.get("DSPEX_LM_API_KEY_ENV") or "OPENAI_API_KEY"
-    fingerprint = (os.environ.get("DSPEX_LM_API_KEY"), env_name, os.environ.get(env_name))
+    fingerprint = _watched()
     now = time.monotonic()
     cached = _secrets_cache
     if cached is not None and cached[0] == fingerprint and now - cached[1] < _SECRETS_TTL:
         return cached[2]
     found: list[str] = []
+    urls: list[str] = [os.environ.get(name, "") for name in _URL_VARIABLES]
     try:
         from dspex.settings import get_settings
 
@@ -89,9 +162,19 @@ def known_secrets() -> list[str]:
         if settings.lm_api_key is not None:
             found.append(settings.lm_api_key.get_secret_value())
         found.append(os.environ.get(settings.lm_api_key_env, ""))
+        for name in _URL_SETTINGS:
+            value = getattr(settings, name)
+            urls.extend(value if isinstance(value, list) else [value or ""])
     except Exception:  # broken settings must not stop an error from being shown
         found.append(os.environ.get("OPENAI_API_KEY", ""))
-    secrets = [s for s in dict.fromkeys(found) if len(s) >= 6]
+        urls.extend(os.environ.get(f"DSPEX_{name.upper()}", "") for name in _URL_SETTINGS)
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        found.extend([value, value.partition(":")[2]])
+    for url in urls:
+        found.extend(url_secrets(url))
+    # Longest first, so ``user:password`` is masked whole before its password alone.
+    secrets = sorted((s for s in dict.fromkeys(found) if len(s) >= 6), key=len, reverse=True)
     _secrets_cache = (fingerprint, now, secrets)
     return secrets
 
@@ -112,11 +195,27 @@ def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
             value = value.replace(secret, MASK)
     if "://" in value:
         value = _URL.sub(lambda m: redact_url(m.group(0)), value)
+    if "@" in value:
+        value = _BARE_USERINFO.sub(f"{MASK}@", value)
     if "=" in value:
         value = _mask_params(value)
     lowered = value.lower()
     if "bearer" in lowered or "basic" in lowered:  # a cheap check before the regex
         value = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
+    return value
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like data: dicts, lists, strings) with `redact` applied to every string in it.
+
+    For what is stored as data rather than text: flow-run parameters, event payloads.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
     return value
 
 

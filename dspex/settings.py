@@ -440,6 +440,12 @@ class Settings(BaseSettings):
         }
         return capacities[pool]
 
+    def __repr_args__(self) -> Any:
+        # repr() and str() (a traceback's locals, a debug print) mask URL credentials too (issue 20).
+        from dspex.redact import redact_data
+
+        return [(name, redact_data(value)) for name, value in super().__repr_args__()]
+
     def masked(self) -> dict[str, Any]:
         """The effective values, JSON-able, with every secret masked."""
         from dspex.redact import redact_url

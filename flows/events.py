@@ -219,8 +219,15 @@ def emit(
         if link["prefect.resource.id"] not in seen:
             seen.add(link["prefect.resource.id"])
             unique.append(link)
+    from dspex.redact import redact_data  # events are stored in Prefect's database: no credentials
+
     try:
-        return emit_event(event, resource=dict(resource), related=unique, payload=dict(payload or {}))
+        return emit_event(
+            event,
+            resource=redact_data(dict(resource)),
+            related=redact_data(unique),
+            payload=redact_data(dict(payload or {})),
+        )
     except Exception as exc:  # telemetry never breaks a run (EventTooLarge, a bad label)
         logger.warning("could not emit event %s: %s: %s", event, type(exc).__name__, exc)
         return None

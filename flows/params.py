@@ -20,6 +20,8 @@ from prefect import Flow
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from dspex.redact import redact_data
+
 if TYPE_CHECKING:
     from dspex.settings import Settings
 
@@ -160,7 +162,8 @@ class SafeParamsFlow(Flow):
                 safe.pop(key)
         serialized = super().serialize_parameters(safe)
         serialized.update(replaced)
-        return serialized
+        # An LMConfig's api_base or a data URL may carry a password: stored masked (issue 20).
+        return dict(redact_data(serialized))
 
 
 P = ParamSpec("P")

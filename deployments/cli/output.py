@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dspex.exceptions import PipelineSpecError
+from dspex.redact import redact
 from dspex.settings import get_settings
 
 __all__ = ["default_output_path", "load_spec_file", "partial_ref_of", "print_error", "write_run_output"]
@@ -99,6 +100,7 @@ def partial_ref_of(error: BaseException) -> Any:
 
 def print_error(console: Console, error: BaseException) -> None:
     """Print ``error`` as the CLI reports a user's mistake: its type and its message, escaped."""
-    console.print(f"[red]error[/red] ({type(error).__name__}): {escape(str(error))}")
+    # A pydantic or YAML error quotes the values it was given, which may be credentials (issue 20).
+    console.print(f"[red]error[/red] ({type(error).__name__}): {escape(redact(str(error)))}")
     for note in getattr(error, "__notes__", ()):
-        console.print(escape(str(note)))
+        console.print(escape(redact(str(note))))

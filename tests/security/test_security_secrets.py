@@ -139,3 +139,85 @@ def test_failed_run_keeps_credentials_out_of_prefect_database(monkeypatch):
     stored += [json.dumps(a.data) for a in artifacts if a.flow_run_id == flow_run_id]
     assert "llm.internal" in " ".join(stored)  # the error is reported...
     assert not [text for text in stored if PASSWORD in text]  # ...without the password
+
+
+# --- issue 20: the shapes a password takes when an HTTP client reports a URL ----------------------
+
+LM_BASE = f"http://alice:{PASSWORD}@127.0.0.1:45369/v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # DSPy's transport prints the authority without the scheme
+        (
+            f"failed to connect to alice:{PASSWORD}@127.0.0.1:45369: [Errno 111]",
+            "failed to connect to ***@127.0.0.1:45369: [Errno 111]",
+        ),
+        (f"bad port in authority: 'alice:{PASSWORD}@127.0.0.1'", "bad port in authority: '***@127.0.0.1'"),
+        # the password alone, or percent-decoded, wherever it appears
+        (f"auth failed for {PASSWORD}", "auth failed for ***"),
+        (f"URL missing scheme: {LM_BASE!r}", "URL missing scheme: 'http://***@127.0.0.1:45369/v1'"),
+        # a bare user:password@host of a URL that is not configured
+        ("proxy bob:hunter22@proxy.internal:3128 refused", "proxy ***@proxy.internal:3128 refused"),
+    ],
+)
+def test_redact_masks_a_configured_url_password_in_every_shape(monkeypatch, text, expected):
+    monkeypatch.setenv("DSPEX_LM_API_BASE", LM_BASE)
+    assert redact(text) == expected
+    assert redact(redact(text)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["git@github.com:org/repo.git", "mail a@b.example", "12:30:45 | INFO", "ssh alice@host", "x:1"]
+)
+def test_redact_leaves_text_without_a_password_alone(text):
+    assert redact(text) == text
+
+
+def test_known_secrets_include_the_password_of_every_configured_url(monkeypatch):
+    from dspex.redact import known_secrets
+
+    monkeypatch.setenv("DSPEX_LM_API_BASE", LM_BASE)
+    monkeypatch.setenv("DSPEX_PAYLOAD_URL", "s3://AKIAKEYID:payload-Secret1@bucket/p")
+    monkeypatch.setenv("DSPEX_SESSION_URL", "postgresql+psycopg://app:sess%40pw-123@db/app")
+    monkeypatch.setenv("DSPEX_DATA_ROOTS", json.dumps(["https://u:roots-pw-99@data.internal/d/"]))
+    monkeypatch.setenv("PREFECT_API_URL", "http://admin:prefect-pw-7@127.0.0.1:4200/api")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://p:db-pw-1234@h/prefect")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:auth-string-pw")
+    secrets = known_secrets()
+    for value in (
+        PASSWORD,
+        "payload-Secret1",
+        "sess@pw-123",  # percent-decoded, as a driver prints it
+        "sess%40pw-123",
+        "roots-pw-99",
+        "prefect-pw-7",
+        "db-pw-1234",
+        "admin:auth-string-pw",
+        "auth-string-pw",
+    ):
+        assert value in secrets
+        assert value not in redact(f"error: {value} rejected")
+    assert "alice" not in secrets and "admin" not in secrets  # a user name alone is no secret value
+
+
+def test_settings_repr_masks_url_credentials(monkeypatch):
+    from dspex.settings import get_settings
+
+    monkeypatch.setenv("DSPEX_LM_API_BASE", LM_BASE)
+    settings = get_settings()
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
+    assert "127.0.0.1:45369" in repr(settings)
+    assert settings.lm_api_base == LM_BASE  # the value itself is untouched
+
+
+def test_stored_flow_parameters_mask_url_credentials():
+    from flows import run_pipeline
+    from flows.params import LMConfig
+
+    stored = run_pipeline.serialize_parameters(
+        {"lm": LMConfig(model="openai/m", api_base=LM_BASE), "data": f"https://alice:{PASSWORD}@h/d.jsonl"}
+    )
+    assert PASSWORD not in json.dumps(stored)
+    assert stored["lm"]["api_base"] == "http://***@127.0.0.1:45369/v1"
