@@ -34,8 +34,6 @@ fails its row at once, with the typed DSPy error the online call raises.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -43,14 +41,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from dspex.exceptions import LMBatchPendingError, PayloadError, is_retryable
+from dspex.exceptions import LMBatchPendingError, is_retryable
+from flows.batch_jobs import (
+    BatchJob,
+    BatchJobState,
+    LMBatchRecord,
+    RoundState,
+    backoff_seconds,
+    job_id,
+    now_iso,
+)
+from flows.batch_recheck import awaiting_batch, deployment_run, schedule_recheck
 from tasks.batch import BatchResult, RowError, execute_module_batch
 from tasks.lm.batch_api import BatchClient, BatchInfo
 from tasks.lm.batch_pricing import batch_usage
 from tasks.lm.replay import Answer, NeedsAnswer, ReplayLM, ResponseStore, error_for
-from tasks.payloads import storage
 from tasks.retry import RetryPolicy
 from tasks.rows import set_field
 from tasks.usage import Usage
@@ -60,21 +65,14 @@ if TYPE_CHECKING:
     from flows.router import RouteDecision
 
 __all__ = [
-    "BATCH_PREFIX",
-    "BatchJobState",
     "BatchMode",
-    "LMBatchRecord",
-    "RoundState",
     "awaiting_batch",
-    "backoff_seconds",
     "batch_mode_for",
     "deployment_run",
     "run_batch_step",
     "schedule_recheck",
 ]
 
-#: Folder (under the payload base URL) holding the batch jobs' state.
-BATCH_PREFIX = "lm_batches"
 logger = logging.getLogger("dspex.batch_mode")
 Wait = Literal["poll", "exit"]
 
@@ -100,104 +98,6 @@ class BatchMode:
         return self.steps is True or (isinstance(self.steps, frozenset) and step.name in self.steps)
 
 
-class RoundState(BaseModel):
-    """One round of a batch job."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    number: int
-    key: str = Field(description="Idempotency key, sent as the batch's metadata dspex_key.")
-    status: Literal["preparing", "submitted", "done"] = "preparing"
-    requests: int = 0
-    file_id: str | None = None
-    batch_id: str | None = None
-    provider_status: str | None = None
-    submitted_at: str | None = None
-    completed_at: str | None = None
-    checks: int = 0
-    answered: int = 0
-    failed: int = 0
-
-
-class BatchJobState(BaseModel):
-    """A batch job's saved state (``state.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job: str
-    step: str
-    module: str
-    model: str
-    rows: int
-    rounds: list[RoundState] = Field(default_factory=list)
-    failures: dict[str, int] = Field(default_factory=dict, description="Request key -> failed attempts.")
-
-
-class LMBatchRecord(BaseModel):
-    """What batch mode did for one step (in the step record and the duration artifact)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job: str
-    rounds: int
-    requests: int = Field(description="Requests submitted, over all rounds.")
-    batch_ids: list[str]
-    submitted_at: list[str | None]
-    completed_at: list[str | None]
-    wait_s: float = Field(description="Seconds from the first submission to the last completion.")
-    online_fallbacks: int = 0
-    overhead_ms: list[float] = Field(default_factory=list, description="Our time per round (replay, files).")
-    price: str = ""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def backoff_seconds(checks: int, first: float, most: float) -> float:
-    """The wait before check number ``checks + 1``: ``first`` doubling per check, at most ``most``."""
-    return float(min(first * (2 ** min(checks, 30)), most))
-
-
-class _Job:
-    """A batch job's files (state and answers) under the payload base URL."""
-
-    def __init__(self, base_url: str, state: BatchJobState) -> None:
-        self.folder = storage.join(base_url, f"{BATCH_PREFIX}/{state.job}")
-        self.state = state
-
-    @classmethod
-    def open(cls, base_url: str, fresh: BatchJobState) -> _Job:
-        job = cls(base_url, fresh)
-        uri = storage.join(job.folder, "state.json")
-        if storage.exists(uri):
-            try:
-                job.state = BatchJobState.model_validate_json(bytes(memoryview(storage.read_bytes(uri))))
-            except ValueError as exc:
-                raise PayloadError(f"corrupt batch job state: {exc}", uri=uri) from exc
-        return job
-
-    def save(self) -> None:
-        storage.write_atomic(storage.join(self.folder, "state.json"), self.state.model_dump_json().encode())
-
-    def write_answers(self, number: int, answers: dict[str, Answer]) -> None:
-        data = json.dumps({k: a.to_json() for k, a in answers.items()}, separators=(",", ":")).encode()
-        storage.write_atomic(storage.join(self.folder, f"answers-{number}.json"), data)
-
-    def answers(self) -> dict[str, Answer]:
-        found: dict[str, Answer] = {}
-        for r in self.state.rounds:
-            if r.status != "done":
-                continue
-            uri = storage.join(self.folder, f"answers-{r.number}.json")
-            try:
-                raw = json.loads(bytes(memoryview(storage.read_bytes(uri))))
-            except (OSError, PayloadError, ValueError) as exc:
-                raise PayloadError(f"batch answers of round {r.number} unreadable: {exc}", uri=uri) from exc
-            found.update({k: Answer.from_json(v) for k, v in raw.items()})
-        return found
-
-
 class _Waiting(Exception):
     """A row that stopped at an unanswered LM call (turned into its row error, then recognised)."""
 
@@ -213,14 +113,6 @@ def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     except Exception as exc:  # the row's failure, classified by execute_module_batch
         future.set_exception(exc)
     return future
-
-
-def _job_id(step: Any, rows: list[dict[str, Any]], lm_key: str) -> str:
-    from flows.resume import row_key, step_key
-
-    keys = [row_key(step, row) for row in rows]
-    blob = json.dumps([step_key(step, lm_key), keys], separators=(",", ":")).encode()
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def run_batch_step(
@@ -258,13 +150,13 @@ def run_batch_step(
         model = str(lm.model)
         subset = [rows[i] for i in active]
         fresh = BatchJobState(
-            job=_job_id(step, subset, ctx.lm_key),
+            job=job_id(step, subset, ctx.lm_key),
             step=str(step.name),
             module=step.module,
             model=model,
             rows=len(subset),
         )
-        job = _Job.open(settings.resolved_payload_url, fresh)
+        job = BatchJob.open(settings.resolved_payload_url, fresh)
         store = ResponseStore(job.answers())
         policy = RetryPolicy.from_settings(settings)
         waiting = list(range(len(subset)))
@@ -349,7 +241,7 @@ def run_batch_step(
 
 
 def _current_round(
-    job: _Job, client: BatchClient, pending: dict[str, dict[str, Any]], window: str
+    job: BatchJob, client: BatchClient, pending: dict[str, dict[str, Any]], window: str
 ) -> RoundState:
     """The round holding ``pending``: the unfinished one an earlier run submitted (or was submitting),
     else a new one, recorded as *preparing* before anything is uploaded."""
@@ -373,13 +265,13 @@ def _current_round(
         last.batch_id = found.id
         last.provider_status = found.status
         last.status = "submitted"
-        last.submitted_at = last.submitted_at or _now()
+        last.submitted_at = last.submitted_at or now_iso()
         last.requests = len(pending)
         job.save()
     return last
 
 
-def _wait(client: BatchClient, job: _Job, current: RoundState, ctx: EngineContext) -> BatchInfo:
+def _wait(client: BatchClient, job: BatchJob, current: RoundState, ctx: EngineContext) -> BatchInfo:
     """The batch once it is done: polled here with backoff, or (``exit``) `LMBatchPendingError`."""
     settings = ctx.settings
     assert current.batch_id is not None
@@ -411,7 +303,7 @@ def _wait(client: BatchClient, job: _Job, current: RoundState, ctx: EngineContex
 def _collect(
     client: BatchClient,
     info: BatchInfo,
-    job: _Job,
+    job: BatchJob,
     current: RoundState,
     pending: dict[str, dict[str, Any]],
     store: ResponseStore,
@@ -469,7 +361,7 @@ def _collect(
     current.answered = sum(a.response is not None for a in answers.values())
     current.failed = len(failed)
     current.status = "done"
-    current.completed_at = _now()
+    current.completed_at = now_iso()
     job.save()
     if info.status != "completed":
         logger.warning("batch %s ended %s: %d request(s) unanswered", info.id, info.status, len(failed))
@@ -479,7 +371,7 @@ def _collect(
 def _record(
     step: Any,
     decision: RouteDecision,
-    job: _Job,
+    job: BatchJob,
     store: ResponseStore,
     rows: list[dict[str, Any]],
     active: list[int],
@@ -556,50 +448,3 @@ def batch_mode_for(spec: Any, settings: Any, lm_batch: bool | None, wait: str = 
         fallback=spec.lm_batch_fallback or settings.lm_batch_fallback,
         wait="exit" if wait == "exit" else "poll",
     )
-
-
-def deployment_run() -> Any:
-    """The current flow run when it is a deployment's own run (not a subflow, not a Python call)."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = getattr(context, "flow_run", None)
-    return run if run is not None and run.deployment_id is not None else None
-
-
-def awaiting_batch(pending: LMBatchPendingError) -> Any:
-    """The final state of a flow run that stops at a pending batch: ``Completed`` named
-    ``AwaitingBatch`` whose result is ``pending``, after scheduling the re-check when the run is a
-    deployment's own (a subflow's caller, `flows.batch_predict`, schedules its own)."""
-    from prefect.states import Completed
-
-    recheck = schedule_recheck(pending)
-    message = str(pending) + (f"; re-check scheduled as flow run {recheck}" if recheck else "")
-    return Completed(name="AwaitingBatch", message=message, data=pending)
-
-
-def schedule_recheck(pending: LMBatchPendingError) -> str | None:
-    """From a deployment's flow run: schedule a run of the same deployment with the same parameters
-    when the pending batch is due for its next check; returns the new run's id (None outside a
-    deployment run). The idempotency key (job, batch, check time bucket) keeps a retried flow run
-    from scheduling the same re-check twice."""
-    from prefect.deployments import run_deployment
-
-    run = deployment_run()
-    if run is None:
-        return None
-    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=pending.check_in_s)
-    recheck = run_deployment(
-        name=run.deployment_id,
-        parameters=dict(run.parameters or {}),  # as the server holds them: JSON
-        scheduled_time=when,
-        timeout=0,
-        as_subflow=False,
-        idempotency_key=f"{run.id}-recheck-{pending.batch_id}",
-        flow_run_name=f"{str(run.name)[:40]}-recheck",
-        tags=["dspex-batch-recheck"],
-    )
-    logger.info(
-        "batch %s pending: re-check scheduled as flow run %s at %s", pending.batch_id, recheck.id, when
-    )
-    return str(recheck.id)

@@ -10,7 +10,7 @@ row dicts at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.states import Completed
@@ -95,7 +95,8 @@ def batch_predict(
     parts: list[PayloadRef] = []
     rows_out = failed = 0
     offset = 0
-    waits = "exit" if deployment_run() is not None else "poll"  # a deployment run never holds its worker
+    # A deployment run never holds its worker while the provider works.
+    waits: Literal["poll", "exit"] = "exit" if deployment_run() is not None else "poll"
     pending: list[LMBatchPendingError] = []
     for n, chunk in enumerate(data.batches(chunk_rows)):
         rows = chunk.to_rows()

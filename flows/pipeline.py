@@ -292,7 +292,7 @@ def run_pipeline(
             else:
                 run_steps(spec.steps, rows, ctx)
     except LMBatchPendingError as pending:  # the provider is working: end without holding the worker
-        return awaiting_batch(pending)  # type: ignore[return-value]
+        return awaiting_batch(pending)
     except BaseException as exc:  # completed rows are stored, and the error names the file (issue 13)
         keep_partial(rows, exc)
         raise

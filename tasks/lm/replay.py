@@ -147,10 +147,10 @@ class ReplayLM(dspy.BaseLM):
         self.model = inner.model
         self.model_type = getattr(inner, "model_type", "chat")
         self.cache = False
-        self.callbacks = []
+        self.callbacks: list[Any] = []
         self.num_retries = 0
         self.kwargs = dict(inner.kwargs)
-        self.history = []
+        self.history: list[dict[str, Any]] = []
         self._warned_zero_temp_rollout = True
 
     @property

@@ -11,7 +11,7 @@ from support.openai_server import Fault, openai_server
 
 from dspex.exceptions import LMBatchPendingError, LMBatchUnsupportedError
 from flows import PipelineSpec, run_pipeline
-from flows.batch_mode import BATCH_PREFIX
+from flows.batch_jobs import BATCH_PREFIX
 from flows.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
