@@ -130,6 +130,7 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         self._flows: dict[str, Flow[..., Any]] = {}
         self._flows_lock = threading.Lock()
         self._queues_ready = False
+        self._database_checked = False
         self._threads = ThreadPoolExecutor(max_workers=max(limit or 8, 1), thread_name_prefix="dspex-run")
 
     async def start(self, *args: Any, **kwargs: Any) -> None:
@@ -149,6 +150,21 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         if not self._queues_ready:
             self._queues_ready = await self._ensure_work_queues()
         await super().sync_with_backend()
+        if not self._database_checked and self._work_pool is not None:
+            self._database_checked = True  # once per worker: a SQLite server cannot hold workers (issue 20)
+            await self._warn_if_sqlite()
+
+    async def _warn_if_sqlite(self) -> None:
+        from deployments.pools import SQLITE_WORKERS, server_database
+
+        try:
+            answer = await self.client._client.get("/admin/settings")  # no public method in 3.8.8
+            admin = answer.json() if answer.status_code == 200 else None
+        except Exception:  # unknown is not an error: this check never stops a worker
+            admin = None
+        assert self._work_pool is not None
+        if server_database(admin, [self._work_pool.base_job_template]) == "sqlite":
+            self._logger.warning(SQLITE_WORKERS.format(url=str(self.client.api_url).rstrip("/")))
 
     async def _ensure_work_queues(self) -> bool:
         """Create the queues this worker polls that its pool lacks; warn when the affinity queue is not one.

@@ -47,6 +47,15 @@ def pools_create(
     for result in results:
         table.add_row(result.name, result.type, str(result.concurrency_limit), result.action)
     console.print(table)
+    if os.environ.get("PREFECT_API_URL"):  # a server for workers: say once if it cannot hold them (issue 20)
+        from prefect.client.orchestration import get_client
+
+        from deployments.pools import sqlite_warning
+
+        with get_client(sync_client=True) as client:
+            warning = sqlite_warning(client, [result.name for result in results])
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def worker(
