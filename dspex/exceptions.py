@@ -35,6 +35,7 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     │   ├── LMBatchUnsupportedError .................. the LM/provider has no batch API (nothing sent)
     │   └── LMBatchPendingError ...................... a submitted batch is not answered yet (a signal)
     ├── StepExecutionError (RuntimeError) ............ a step failed; carries what was completed
+    ├── ProgramOutputError (TypeError) ............... a user program returned what no row can hold
     ├── RunStoppedError (RuntimeError) ............... a run that stopped early; carries what was completed
     │   ├── RunInterruptedError ...................... SIGINT/SIGTERM: the flow run ends Cancelled
     │   └── BudgetExceededError ...................... the next batch would pass max_cost_usd
@@ -72,6 +73,7 @@ __all__ = [
     "PayloadNotFoundError",
     "PipelineSpecError",
     "PoolUnavailableError",
+    "ProgramOutputError",
     "RegistryError",
     "RegistryPersistenceError",
     "RegistryQueryError",
@@ -425,6 +427,13 @@ class StepExecutionError(DSPexError, RuntimeError):
         self.completed = completed
         self.partial_ref = partial_ref
         super().__init__(f"step {step!r}: {message}")
+
+
+class ProgramOutputError(DSPexError, TypeError):
+    """A user program's ``forward`` returned a value that is not a ``dspy.Prediction``, a dict, a
+    pydantic model or a ``str`` (issue 24); the row fails with this error, naming the type."""
+
+    code = "program_output_error"
 
 
 class RunStoppedError(DSPexError, RuntimeError):

@@ -197,7 +197,12 @@ class ModuleStep(_StepBase):
     def produces(self) -> list[str]:
         spec = self.signature_spec()
         names = list(spec.output_names) if spec is not None else []
-        return [self.outputs.get(name, name) for name in names] or list(self.outputs.values())
+        if spec is None and ":" in self.module:  # a user program: outputs read from its class (issue 24)
+            from tasks.modules import program_output_names  # lazily, as in needs(): it imports dspy
+
+            names = list(program_output_names(self) or ())
+        produced = [self.outputs.get(name, name) for name in names]
+        return produced + [f for f in self.outputs.values() if f not in produced]
 
     def needs(self) -> list[str]:
         spec = self.signature_spec()

@@ -31,7 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dspex.exceptions import InputValidationError, is_retryable
 from dspex.redact import redact
 from tasks import tracing
-from tasks.modules import build_module, program_input_names
+from tasks.modules import (
+    build_module,
+    program_input_names,
+    program_optional_names,
+    returned_fields,
+)
 from tasks.retry import RetryPolicy
 from tasks.rows import MISSING, get_field, to_jsonable
 from tasks.usage import Usage, UsageBox, track
@@ -167,6 +172,7 @@ def _call(
     usages: list[Usage] | None = None,
     trace: tracing.BatchTrace | None = None,
     index: int = 0,
+    step: Any = None,
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if lm is not None:
@@ -189,9 +195,10 @@ def _call(
         if usages is not None:
             usages.append(tracked.value)  # list.append is atomic across the pool's threads
     # Every field the module returns: the signature's outputs and what the module adds to them
-    # (ChainOfThought's reasoning, ReAct's trajectory), renamed by the step's output mapping.
-    keys = list(prediction.keys()) or (names or [])
-    return {output_map.get(key, key): to_jsonable(prediction.get(key)) for key in keys}
+    # (ChainOfThought's reasoning, ReAct's trajectory), renamed by the step's output mapping; a
+    # user program may also return a dict, a pydantic model or a str (issue 24).
+    fields = returned_fields(prediction, step, names)
+    return {output_map.get(key, key): to_jsonable(value) for key, value in fields.items()}
 
 
 def _run_row(
@@ -277,6 +284,7 @@ def execute_module_batch(
 
         validator = compile_signature(step.signature, instructions=step.instructions)
     module = build_module(step)
+    optional_names = program_optional_names(step)
 
     n = len(rows)
     outputs: list[dict[str, Any] | None] = [None] * n
@@ -292,12 +300,18 @@ def execute_module_batch(
             kwargs = _row_inputs(step, row, input_names)
             if validator is not None:
                 kwargs = validator.validate_inputs(kwargs)
+            for name in optional_names:  # forward's optional parameters the row has (issue 24)
+                value = get_field(row, step.inputs.get(name, name), None)
+                if name not in kwargs and value is not None:  # a null keeps forward's default
+                    kwargs[name] = value
         except InputValidationError as exc:
             errors[i] = RowError(type=type(exc).__name__, message=str(exc), retryable=False)
             continue
 
         def call(callbacks: list[Any], kwargs: dict[str, Any] = kwargs, index: int = i) -> dict[str, Any]:
-            produced = _call(module, lm, kwargs, step.outputs, output_names, callbacks, usages, trace, index)
+            produced = _call(
+                module, lm, kwargs, step.outputs, output_names, callbacks, usages, trace, index, step=step
+            )
             missing = [name for name in must_produce if produced.get(name) is None]
             if missing:
                 raise ValueError(

@@ -9,16 +9,29 @@ a module parses its signature and, for user programs, may load saved state.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import inspect
 import json
+import logging
+import os
 import shutil
+import sys
+import textwrap
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
+from pydantic import BaseModel
 
-from dspex.exceptions import PipelineSpecError, SandboxUnavailableError, UntrustedImportError
+from dspex.exceptions import (
+    PipelineSpecError,
+    ProgramOutputError,
+    SandboxUnavailableError,
+    UntrustedImportError,
+)
 from dspex.imports import load_attribute, trusted_roots
 from tasks.callables import resolve_callable
 
@@ -29,8 +42,12 @@ __all__ = [
     "module_class",
     "program_class",
     "program_fields",
+    "program_identity",
     "program_input_names",
+    "program_optional_names",
+    "program_output_names",
     "read_program_state",
+    "returned_fields",
     "sandbox_available",
 ]
 
@@ -44,6 +61,9 @@ _WRAPPERS = {"BestOfN", "Refine"}
 
 _cache: dict[str, dspy.Module] = {}
 _cache_lock = threading.Lock()
+# Output names inferred per program and options (building a program to read its predictors is not free).
+_outputs_cache: dict[str, tuple[str, ...] | None] = {}
+logger = logging.getLogger(__name__)
 
 
 def module_class(name: str) -> type:
@@ -174,6 +194,212 @@ def program_input_names(step: Any) -> list[str]:
     except (PipelineSpecError, LookupError):
         return mapped
     return list(dict.fromkeys([*fields.required, *mapped]))
+
+
+def program_identity(step: Any) -> dict[str, Any]:
+    """What a step's answers depend on beyond its spec: the code and saved state it runs (issue 24).
+
+    Part of the resume key (`flows.resume.step_key`), so an edited program, new saved state, or an
+    upgraded DSPy never gets an earlier run's answers:
+
+    - ``dspy``: the installed DSPy version (its adapters write the prompts);
+    - ``source``: for a user program, a SHA-256 of the source file of every module its class and
+      base classes are defined in (outside DSPy); for tools and reward functions, of theirs;
+    - ``state``: a SHA-256 of the saved state file's bytes (a payload reference is content-addressed
+      already and is part of the spec).
+
+    A file that cannot be read here (a distributed orchestrator without the package) is keyed by
+    its absence; the key is then stable on that machine, not a promise about the code.
+    """
+    identity: dict[str, Any] = {"dspy": getattr(dspy, "__version__", "")}
+    files: list[str] = []
+    if ":" in str(getattr(step, "module", "")):
+        try:
+            cls: type = program_class(step.module)
+        except (PipelineSpecError, LookupError):
+            identity["source"] = "unloadable"
+        else:
+            files += [f for base in cls.__mro__ if (f := _own_source_file(base)) is not None]
+    for name in [*getattr(step, "tools", []), *([step.reward] if getattr(step, "reward", None) else [])]:
+        try:
+            target = resolve_callable(name)
+        except PipelineSpecError:  # an unknown name fails the run itself; here it is keyed by name
+            continue
+        if (file := _own_source_file(target)) is not None:
+            files.append(file)
+    if files:
+        identity["source"] = {f: _file_digest(f) for f in sorted(set(files))}
+    state = getattr(step, "state", None)
+    if state and not state.strip().startswith("{"):
+        identity["state"] = _state_digest(state.strip())
+    return identity
+
+
+def _own_source_file(obj: Any) -> str | None:
+    """The source file of the module ``obj`` is defined in, unless that is DSPy's or the stdlib's."""
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    if not file or str(getattr(obj, "__module__", "")).split(".")[0] in (*_DSPY_ROOTS, "builtins"):
+        return None
+    return os.path.abspath(file)
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file, cached by its path, mtime and size (an edit changes them)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    found = _digests.get(key)
+    if found is None:
+        with open(path, "rb") as handle:
+            found = _digests[key] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def _state_digest(location: str) -> str:
+    import fsspec  # as in read_program_state: only a step with saved state needs it
+
+    from tasks.payloads.confine import check_data_read
+
+    try:
+        check_data_read(location, "saved program state")  # the same read fence as loading it
+        with fsspec.open(location, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except (OSError, ValueError):  # unreadable or fenced off here (PayloadAccessError): the run reports it
+        return "unreadable"
+
+
+def program_optional_names(step: Any) -> list[str]:
+    """``forward``'s named parameters with a default, which a row passes when it has the field
+    (issue 24: ``style`` in the rows reaches ``forward(question, style="plain")``).
+
+    Only named parameters: a ``forward(**kwargs)`` gets what the step's signature or ``inputs``
+    name, never every field of the row (gold labels, ids). Empty for a step that is not a user
+    program, or a program that cannot be loaded here.
+    """
+    if ":" not in str(getattr(step, "module", "")):
+        return []
+    try:
+        fields = program_fields(step.module)
+    except (PipelineSpecError, LookupError):
+        return []
+    return [name for name in fields.optional if name not in fields.required]
+
+
+def program_output_names(step: Any) -> tuple[str, ...] | None:
+    """The outputs of a user program without a step signature, as far as its class tells (issue 24).
+
+    In order: the program's declared ``signature`` attribute; else the fields of the pydantic model
+    ``forward``'s return annotation names; else the keys its ``forward`` returns,
+    when every ``return`` is a literal ``dspy.Prediction(k=...)`` or ``{"k": ...}``; else the output
+    fields of its predictors' signatures (``named_predictors``, read from an instance built with the
+    step's options: the same one the run builds). None when none of these says anything.
+    """
+    try:
+        cls = program_class(step.module)
+    except (PipelineSpecError, LookupError):
+        return None
+    declared = _declared_outputs(cls)
+    if declared is not None:
+        return declared
+    key = json.dumps([step.module, step.options], sort_keys=True, default=str)
+    with _cache_lock:
+        if key in _outputs_cache:
+            return _outputs_cache[key]
+    names = _annotated_fields(cls) or _returned_keys(cls) or _predictor_outputs(cls, step)
+    with _cache_lock:
+        _outputs_cache[key] = names
+    return names
+
+
+def _annotated_fields(cls: type) -> tuple[str, ...] | None:
+    """The fields of the pydantic model ``forward`` is annotated to return, if it is one."""
+    import typing  # only for a user program without a signature
+
+    try:
+        returned = typing.get_type_hints(cls.forward).get("return")
+    except Exception:  # annotations that do not resolve here say nothing
+        return None
+    if isinstance(returned, type) and issubclass(returned, BaseModel):
+        return tuple(returned.model_fields) or None
+    return None
+
+
+def _returned_keys(cls: type) -> tuple[str, ...] | None:
+    """The keys of ``forward``'s returns when each is a literal Prediction(...) or dict (else None)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    keys: list[str] = []
+    returns = [node for node in ast.walk(tree) if isinstance(node, ast.Return)]
+    for node in returns:
+        value = node.value
+        if isinstance(value, ast.Call) and getattr(value.func, "attr", getattr(value.func, "id", "")) in (
+            "Prediction",
+            "dict",
+        ):
+            if value.args or any(k.arg is None for k in value.keywords):
+                return None
+            found = [str(k.arg) for k in value.keywords]
+        elif isinstance(value, ast.Dict) and all(isinstance(k, ast.Constant) for k in value.keys):
+            found = [str(k.value) for k in value.keys if isinstance(k, ast.Constant)]
+        else:
+            return None
+        keys.extend(k for k in found if k not in keys)
+    return tuple(keys) or None
+
+
+def _predictor_outputs(cls: type, step: Any) -> tuple[str, ...] | None:
+    try:
+        program = cls(**dict(step.options))
+        predictors = program.named_predictors()
+    except Exception as exc:  # a user's constructor: whatever it raises, the run reports it later
+        logger.debug("cannot build %s to read its predictors: %s", step.module, exc)
+        return None
+    names: list[str] = []
+    for _name, predictor in predictors:
+        signature = getattr(predictor, "signature", None)
+        for field in getattr(signature, "output_fields", {}) or {}:
+            if field not in names:
+                names.append(field)
+    return tuple(names) or None
+
+
+def returned_fields(result: Any, step: Any, names: list[str] | None) -> dict[str, Any]:
+    """The fields of what a module returned: a ``dspy.Prediction`` (or Example), a mapping, a
+    pydantic model, or a ``str`` (issue 24).
+
+    A ``str`` is the value of the step's single output: the sole output of its signature, else of
+    the program's (declared or inferred, `program_output_names`), else ``output``.
+
+    Args:
+        result: The module's return value.
+        step: The module step.
+        names: The step signature's output names (None without a signature).
+
+    Raises:
+        ProgramOutputError: Any other return type (the message names it and what is accepted).
+    """
+    if isinstance(result, dspy.Prediction | dspy.Example):
+        keys = list(result.keys()) or (names or [])
+        return {key: result.get(key) for key in keys}
+    if isinstance(result, Mapping):
+        return {str(key): value for key, value in result.items()}
+    if isinstance(result, BaseModel):
+        return {name: getattr(result, name) for name in type(result).model_fields}
+    if isinstance(result, str):
+        outputs = names if names is not None else list(program_output_names(step) or ())
+        return {outputs[0] if len(outputs) == 1 else "output": result}
+    raise ProgramOutputError(
+        f"{step.module} returned a {type(result).__module__}.{type(result).__qualname__}; a module must return "
+        "a dspy.Prediction, a dict, a pydantic model or a str"
+    )
 
 
 def check_program_step(step: Any) -> None:

@@ -148,6 +148,7 @@ def dspex_run(tmp_path: Path, spec: dict, rows: list[dict], env: dict[str, str] 
     )
 
 
+@pytest.mark.slow
 def test_dspex_run_warns_when_the_offline_lm_answers(tmp_path):
     done = dspex_run(tmp_path, QA, _questions(2))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -155,3 +156,132 @@ def test_dspex_run_warns_when_the_offline_lm_answers(tmp_path):
     # Original failure: "INFO ... LM: dspex/offline-extractive (offline, ...; set DSPEX_LM_MODEL ...)".
     lines = [line for line in printed.splitlines() if "offline" in line and "DSPEX_LM_MODEL" in line]
     assert lines and all("WARNING" in line for line in lines), printed[-3000:]
+
+
+# --- items 4, 5, 6: user programs as DSPy users write them ------------------------------------------
+
+RETURNS = "fixtures_pkg.programs_returns"
+
+
+@pytest.fixture
+def programs(monkeypatch):
+    import registry
+
+    monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
+    for name in ("Styled", "Hidden", "Texter", "Bare", "Typed", "Dicty", "Weird"):
+        registry.register_user_module(f"{RETURNS}:{name}")
+
+
+def test_a_programs_outputs_are_visible_to_later_steps(programs):
+    # Original failure: InputValidationError, "rows lack fields the steps read (['answer'])": the
+    # template's `answer` was not known to come from the program without an `outputs` mapping.
+    from dspy.utils.dummies import DummyLM
+
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "hidden",
+            "steps": [
+                {"module": f"{RETURNS}:Hidden"},
+                {"native": "template", "template": "{{ answer }}!", "output": "shout"},
+            ],
+        }
+    )
+    assert spec.required_inputs() == ["question"]
+    result = run_pipeline(spec, data=[{"question": "q"}], lm=DummyLM([{"answer": "yes"}]), resume=False)
+    assert result.rows()[0]["shout"] == "yes!"
+
+
+def test_optional_forward_parameters_get_the_rows_fields(programs):
+    # Original failure: both rows answered "plain:..." although the first carries style "formal".
+    spec = PipelineSpec.model_validate({"name": "styled", "steps": [{"module": f"{RETURNS}:Styled"}]})
+    result = run_pipeline(
+        spec, data=[{"question": "q1", "style": "formal"}, {"question": "q2"}], resume=False
+    )
+    assert [r["answer"] for r in result.rows()] == ["formal:q1", "plain:q2"]
+
+
+def test_a_forward_may_return_str_dict_or_a_pydantic_model(programs):
+    # Original failure: AttributeError: 'str' object has no attribute 'keys' on every row.
+    from dspy.utils.dummies import DummyLM
+
+    def one(name, lm=None):
+        spec = PipelineSpec.model_validate({"name": name.lower(), "steps": [{"module": f"{RETURNS}:{name}"}]})
+        return run_pipeline(spec, data=[{"question": "q"}], lm=lm, resume=False)
+
+    assert one("Texter", DummyLM([{"answer": "from the LM"}])).rows()[0]["answer"] == "from the LM"
+    assert one("Bare").rows()[0]["output"] == "bare:q"
+    assert one("Dicty").rows()[0]["answer"] == "dict:q"
+    row = one("Typed").rows()[0]
+    assert (row["label"], row["score"]) == ("Q", 1.0)
+    weird = one("Weird").summary
+    (failure,) = weird.failures
+    assert failure.type == "ProgramOutputError" and "returned a builtins.int" in failure.message
+
+
+# --- item 2: resume keys on the program's code -------------------------------------------------------
+
+_PROGRAM = """
+import dspy
+
+
+class Versioned(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.respond = dspy.Predict("question -> answer")
+
+    def forward(self, question):
+        return dspy.Prediction(answer="{version}:" + self.respond(question=question).answer)
+"""
+
+_RUN = """
+import json, sys
+import dspex.bootstrap
+import dspy
+import registry
+from flows import PipelineSpec, run_pipeline
+
+registry.register_user_module("userpkg_i24.program:Versioned")
+spec = PipelineSpec.model_validate({"name": "versioned", "steps": [{"module": "userpkg_i24.program:Versioned"}]})
+lm = dspy.LM("openai/test-model", api_base=sys.argv[1], api_key="sk-test", cache=False)
+result = run_pipeline(spec, data=[{"question": f"What is item {i}?"} for i in range(4)], lm=lm)
+print(json.dumps({"answers": [r["answer"] for r in result.rows()], "reused": result.summary.reused_rows}))
+"""
+
+
+@pytest.mark.slow
+def test_resume_runs_an_edited_program_again(tmp_path):
+    # Original failure: after the edit, 0 requests and the old "v1:" answers came back.
+    from prefect.settings import PREFECT_API_URL
+
+    package = tmp_path / "code" / "userpkg_i24"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), str(ROOT)]),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "DSPEX_TRUSTED_IMPORT_ROOTS": '["userpkg_i24"]',
+        "DSPEX_HOME": str(tmp_path / "home"),  # one home for both runs: the resume store is shared
+    }
+
+    def run(server, version):
+        (package / "program.py").write_text(_PROGRAM.format(version=version))
+        server.reset()
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN, server.base_url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), len(server.chat_requests)
+
+    with openai_server() as server:
+        first, paid = run(server, "v1")
+        assert paid == 4 and all(a.startswith("v1:") for a in first["answers"])
+        again, paid = run(server, "v1")  # unchanged code: every row is reused
+        assert paid == 0 and again["answers"] == first["answers"] and again["reused"] == 4
+        edited, paid = run(server, "v2")
+    assert paid == 4 and all(a.startswith("v2:") for a in edited["answers"])
+    assert edited["reused"] == 0
