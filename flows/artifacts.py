@@ -118,9 +118,25 @@ def duration_rows(records: list[Any]) -> list[dict[str, Any]]:
             "failed": r.failed,
             # Tokens and cost, estimated (learned per module and model) vs actual (issue 12).
             **_usage_columns(r),
+            **_batch_columns(r),
         }
         for r in records
     ]
+
+
+def _batch_columns(record: Any) -> dict[str, Any]:
+    """A batch-mode step's provider batches (issue 21): rounds, submitted and completed times."""
+    batch = getattr(record, "lm_batch", None)
+    if batch is None:
+        return {}
+    return {
+        "batch rounds": batch.rounds,
+        "batch requests": batch.requests,
+        "batch submitted": ", ".join(t or "-" for t in batch.submitted_at) or "-",
+        "batch completed": ", ".join(t or "-" for t in batch.completed_at) or "-",
+        "batch wait s": batch.wait_s,
+        "batch price": batch.price,
+    }
 
 
 def _usage_lines(summary: Any) -> list[str]:

@@ -157,6 +157,8 @@ def run_batch_step(
             rows=len(subset),
         )
         job = BatchJob.open(settings.resolved_payload_url, fresh)
+        if mode.wait == "exit":
+            _check_first(client, job, ctx)  # a re-check of a batch still pending costs no replay
         store = ResponseStore(job.answers())
         policy = RetryPolicy.from_settings(settings)
         waiting = list(range(len(subset)))
@@ -269,6 +271,14 @@ def _current_round(
         last.requests = len(pending)
         job.save()
     return last
+
+
+def _check_first(client: BatchClient, job: BatchJob, ctx: EngineContext) -> None:
+    """Before replaying: when the job's last round was submitted and its batch is still not done,
+    raise `LMBatchPendingError` at once (a re-check run then costs one status call, not a replay)."""
+    last = job.state.rounds[-1] if job.state.rounds else None
+    if last is not None and last.status == "submitted" and last.batch_id:
+        _wait(client, job, last, ctx)  # returns when the batch is done: the rounds then go on
 
 
 def _wait(client: BatchClient, job: BatchJob, current: RoundState, ctx: EngineContext) -> BatchInfo:

@@ -129,6 +129,14 @@ class StepEstimate(BaseModel):
     completion_tokens: float | None = Field(default=None, description="Expected completion tokens.")
     cost_usd: float | None = Field(default=None, description="Expected cost in USD; None when unknown.")
     usage_source: str = Field(description="learned (n batches), sampled, none (no LM) or unknown.")
+    batch_cost_usd: float | None = Field(
+        default=None, description="Expected cost through the provider's batch API (issue 21); None: unknown."
+    )
+    batch_wait_s: float | None = Field(
+        default=None,
+        description="Expected wait of one batch round, learned from earlier batch runs (None: none yet; "
+        "the provider promises its completion window).",
+    )
 
 
 class PipelineEstimate(BaseModel):
@@ -145,6 +153,10 @@ class PipelineEstimate(BaseModel):
     prompt_tokens: float | None
     completion_tokens: float | None
     cost_usd: float | None = Field(description="None when any step's cost is unknown.")
+    batch_cost_usd: float | None = Field(
+        default=None, description="Expected cost in batch mode (lm_batch); None when any step's is unknown."
+    )
+    batch_window: str = Field(default="24h", description="The completion window batch mode asks for.")
 
 
 def _step_estimates(
@@ -183,9 +195,26 @@ def _step_estimates(
                 completion_tokens=completion,
                 cost_usd=cost,
                 usage_source=source,
+                **_batch_figures(step, module, model, prompt, completion, settings),
             )
         )
     return estimates
+
+
+def _batch_figures(
+    step: Any, module: str, model: str, prompt: float | None, completion: float | None, settings: Settings
+) -> dict[str, float | None]:
+    """The step's expected cost and wait in batch mode (issue 21)."""
+    from flows.batch_estimates import expected_batch_wait
+    from tasks.lm.batch_pricing import batch_rates
+
+    if step.kind == "retrieve":
+        return {"batch_cost_usd": 0.0, "batch_wait_s": None}
+    rates = batch_rates(model, settings.lm_batch_discount)
+    cost = None
+    if rates is not None and prompt is not None and completion is not None:
+        cost = prompt * rates[0] + completion * rates[1]
+    return {"batch_cost_usd": cost, "batch_wait_s": expected_batch_wait(module, model)}
 
 
 def _total(values: list[float | None]) -> float | None:
@@ -235,4 +264,6 @@ def estimate_pipeline(
         prompt_tokens=_total([s.prompt_tokens for s in steps]),
         completion_tokens=_total([s.completion_tokens for s in steps]),
         cost_usd=_total([s.cost_usd for s in steps]),
+        batch_cost_usd=_total([s.batch_cost_usd for s in steps]),
+        batch_window=settings.lm_batch_completion_window,
     )

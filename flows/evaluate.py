@@ -8,6 +8,12 @@ metric: mean, n, failed), a progress artifact, and the per-example results as a 
 
 In distributed mode the flow itself is what a deployment runs on a work pool; within that run,
 examples use the local bounded executor of the pool it names.
+
+The defaults are the demo's (issue 26.3: the scheduled defaults scored 0.0 while the demo scored
+EM 0.525): `DEFAULT_PROGRAM` is the demo's reader (``context, question -> answer`` with chain of
+thought), and the ``"demo"`` dataset is the bundled questions with the demo's retrieved passages
+as ``context`` and every accepted answer as gold (`demo_rows`), so a quick run or a schedule with
+the offline LM scores what the demo scores.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dspex.settings import Settings, get_settings
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.pipeline import load_rows
 from flows.pools import LocalPool, get_local_pool
-from flows.spec import ModuleStep, PipelineSpec
+from flows.spec import ModuleStep, PipelineSpec, RetrieveStep
 from tasks.evaluate import (
     MetricSummary,
     ProgressCounter,
@@ -38,20 +44,66 @@ from tasks.evaluate import (
     to_examples,
 )
 from tasks.payloads import PayloadRef, read_rows, write_payload
+from tasks.retrieval.demo import DemoSplit
 
 __all__ = [
     "DEFAULT_PROGRAM",
+    "DEMO_PASSAGES",
     "EvaluateResult",
     "ProgressArtifact",
     "artifact_key",
+    "demo_rows",
     "evaluate_program",
+    "load_examples_rows",
     "pick_pool",
     "validate_program",
 ]
 
 
-#: The program a quick run evaluates (and optimizes): chain-of-thought QA over the bundled questions.
-DEFAULT_PROGRAM = ModuleStep(module="dspy.ChainOfThought", signature="question -> answer")
+#: The program a quick run evaluates (and optimizes): the demo's reader, chain-of-thought QA over
+#: retrieved passages (`flows.rag.rag_spec`'s module step).
+DEFAULT_PROGRAM = ModuleStep(
+    module="dspy.ChainOfThought", signature="context: list[str], question: str -> answer: str"
+)
+#: Passages per question the ``"demo"`` dataset carries in ``context`` (the demo's ``k``).
+DEMO_PASSAGES = 3
+
+
+def demo_rows(split: DemoSplit = "all", k: int = DEMO_PASSAGES) -> list[dict[str, Any]]:
+    """The demo's data for evaluation and optimization: each bundled question, its top-``k``
+    passages of the bundled corpus (retrieved as the demo retrieves them) and its gold answers.
+
+    Args:
+        split: ``all``, ``train`` or ``dev`` (`tasks.retrieval.load_demo_questions`).
+        k: Passages per question.
+
+    Returns:
+        Rows ``{"id", "question", "context": [passage, ...], "answer": [gold, alias, ...]}``.
+    """
+    from tasks.retrieval import load_demo_questions
+    from tasks.retrieve import retrieve_batch
+
+    questions = load_demo_questions(split)
+    step = RetrieveStep(retrieve="question", k=k, corpus="demo", output="context")
+    passages, _ms = retrieve_batch(step, [q["question"] for q in questions])
+    return [
+        {
+            "id": q.get("id"),
+            "question": q["question"],
+            "context": found,
+            "answer": [q["answer"], *q.get("aliases", [])],  # exact match and F1 take any of them
+        }
+        for q, found in zip(questions, passages, strict=True)
+    ]
+
+
+def load_examples_rows(data: Any, step: ModuleStep, split: DemoSplit = "all") -> list[dict[str, Any]]:
+    """The rows of an evaluate/optimize dataset: ``"demo"`` is `demo_rows` when ``step`` reads
+    ``context`` (the demo's program), else the bundled questions as `flows.pipeline.load_rows` gives."""
+    spec = step.signature_spec()
+    if data == "demo" and spec is not None and "context" in spec.input_names:
+        return demo_rows(split)
+    return load_rows(data)
 
 
 class EvaluateResult(BaseModel):
@@ -192,7 +244,8 @@ def evaluate_program(
         program: The program as a module step; ``state`` names compiled state (a JSON file or a
             PayloadRef's JSON) to load first. Default: `DEFAULT_PROGRAM`.
         devset: Rows (with the program's inputs and the gold fields), a DataFrame, a `PayloadRef`,
-            a dataset path/URL, or ``"demo"`` (the default: the bundled questions).
+            a dataset path/URL, or ``"demo"`` (the default: the bundled questions, with the demo's
+            retrieved passages as ``context`` for a program that reads it; `demo_rows`).
         metrics: Native metric names (``exact_match``, ``f1``, ``passage_match``) or trusted import
             paths / registered callables; default ``["exact_match"]``.
         input_keys: Which fields are inputs; default the signature's inputs.
@@ -210,7 +263,7 @@ def evaluate_program(
     settings = get_settings()
     started = time.perf_counter()
     step = validate_program(program)
-    rows = load_rows(devset)
+    rows = load_examples_rows(devset, step)
     metric_refs = list(metrics or ["exact_match"])
     keys = input_keys_for(step, input_keys)
     for ref in metric_refs:  # bad names fail here, before any LM call

@@ -9,6 +9,12 @@ before any LM call, runs the compile as a Prefect task on the optimizer pool's e
 * a progress artifact (``optimize-progress``): score-before, compile (metric calls), score-after;
 * a before/after score table artifact (``optimize-scores``).
 
+Scoring before and after costs one program call per scoring-set example each time (2 x the valset,
+or the trainset, in LM requests, besides the optimizer's own): ``score`` (default on) turns it off,
+and the run's estimate line says what it adds (issue 24). The defaults are the demo's program and
+data (`flows.evaluate.DEFAULT_PROGRAM`, `flows.evaluate.demo_rows`), so a scheduled run with the
+offline LM has something to optimize (issue 26.3: it scored 0.0 -> 0.0).
+
     result = optimize_program({"module": "dspy.ChainOfThought", "signature": "question -> answer"},
                               trainset=rows, optimizer="BootstrapFewShot", metric="exact_match")
     result.program  # the module step with state=<the compiled state file>, ready for a pipeline
@@ -28,9 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from dspex.settings import get_settings
-from flows.evaluate import DEFAULT_PROGRAM, ProgressArtifact, artifact_key, pick_pool, validate_program
+from flows.evaluate import (
+    DEFAULT_PROGRAM,
+    ProgressArtifact,
+    artifact_key,
+    load_examples_rows,
+    pick_pool,
+    validate_program,
+)
 from flows.params import LMParam, resolve_lm, safe_flow
-from flows.pipeline import load_rows
 from flows.spec import ModuleStep
 from tasks.evaluate import (
     ProgressCounter,
@@ -58,7 +70,8 @@ class OptimizeResult(BaseModel):
         state_ref: The same state as a payload.
         optimizer: The optimizer's name.
         metric: The metric optimized.
-        score_before: Mean metric score before compiling (0..1), on ``scored_on``.
+        score_before: Mean metric score before compiling (0..1), on ``scored_on``; None when
+            ``score`` was off.
         score_after: The same after compiling.
         scored_on: ``valset`` or ``trainset``.
         trainset_size: Training examples.
@@ -78,8 +91,8 @@ class OptimizeResult(BaseModel):
     state_ref: PayloadRef
     optimizer: str
     metric: str | None
-    score_before: float
-    score_after: float
+    score_before: float | None
+    score_after: float | None
     scored_on: str
     trainset_size: int
     valset_size: int
@@ -89,6 +102,14 @@ class OptimizeResult(BaseModel):
     pool: str
     estimated_ms: int | None = None
     duration_s: float = Field(ge=0)
+
+
+def _rounded(score: float | None) -> float | str:
+    return round(score, 4) if score is not None else "not scored"
+
+
+def _shown(score: float | None) -> str:
+    return f"{score:.4f}" if score is not None else "not scored"
 
 
 def _preview(state_text: str, limit: int = 1200) -> str:
@@ -112,6 +133,7 @@ def optimize_program(
     compile_options: dict[str, Any] | None = None,
     lm: LMParam = None,
     name: str | None = None,
+    score: bool = True,
 ) -> OptimizeResult:
     """Compile ``program`` with ``optimizer`` on ``trainset``.
 
@@ -119,7 +141,8 @@ def optimize_program(
         program: The program as a pipeline module step (``state`` may name a starting state);
             default: `flows.evaluate.DEFAULT_PROGRAM`.
         trainset: Rows with the program's inputs and gold fields, a DataFrame, a `PayloadRef`, a
-            dataset path/URL, or ``"demo"`` (the default: the bundled questions).
+            dataset path/URL, or ``"demo"`` (the default: the bundled questions, with the demo's
+            retrieved passages as ``context`` for a program that reads it; `flows.evaluate.demo_rows`).
         valset: Optional validation rows (same forms); scores and candidate selection use it.
         optimizer: LabeledFewShot, BootstrapFewShot, BootstrapFewShotWithRandomSearch, MIPROv2, COPRO,
             SIMBA or GEPA (GEPA and MIPROv2 when their optional dependency is installed).
@@ -132,6 +155,8 @@ def optimize_program(
             Never stored with a key.
         name: The saved state's file name (letters, digits, ``._-``); default from the program,
             optimizer and a unique id.
+        score: Score the program before and after compiling (2 x the scoring set in LM requests);
+            False skips both, and the scores are None.
 
     Raises:
         PipelineSpecError: A bad program, an unknown optimizer or options it rejects (before any LM call).
@@ -153,8 +178,8 @@ def optimize_program(
     if metric_ref is not None:
         resolve_metric(metric_ref, field=metric_field_for(step))
     keys = input_keys_for(step, input_keys)
-    train = to_examples(load_rows(trainset), keys, "trainset")
-    val = to_examples(load_rows(valset), keys, "valset") if valset is not None else None
+    train = to_examples(load_examples_rows(trainset, step), keys, "trainset")
+    val = to_examples(load_examples_rows(valset, step), keys, "valset") if valset is not None else None
     chosen_lm = resolve_lm(lm, settings)
     threads = max(settings.pool_general_capacity, 1)
     build_optimizer(
@@ -165,14 +190,18 @@ def optimize_program(
     registry_name = f"dspy.{short}"
     estimate = registry.estimate(registry_name, input_size=len(train))
     pool = pick_pool(registry.get_pool_type(registry_name), settings)
+    scoring = len(val) if val else len(train)
     logger.info(
-        "optimize %s with %s on %d examples (pool %s, estimate %d ms, LM %s)",
+        "optimize %s with %s on %d examples (pool %s, estimate %d ms, LM %s); %s",
         step.module,
         short,
         len(train),
         pool.name,
         estimate.ms,
         lm_info.get("label") or lm_info.get("model"),
+        f"scoring before and after adds 2 x {scoring} = {2 * scoring} program calls (score=false skips it)"
+        if score
+        else "no scoring before and after (score=false)",
     )
     counter = ProgressCounter()
     progress = ProgressArtifact(
@@ -194,6 +223,7 @@ def optimize_program(
             num_threads=threads,
             progress=counter,
             on_tick=lambda: progress.tick(counter),
+            score=score,
         ).result()
         success = True
     finally:
@@ -212,8 +242,8 @@ def optimize_program(
     create_table_artifact(
         key=artifact_key("optimize-scores"),
         table=[
-            {"stage": "before", "score": round(outcome.score_before, 4), "scored on": outcome.scored_on},
-            {"stage": "after", "score": round(outcome.score_after, 4), "scored on": outcome.scored_on},
+            {"stage": "before", "score": _rounded(outcome.score_before), "scored on": outcome.scored_on},
+            {"stage": "after", "score": _rounded(outcome.score_after), "scored on": outcome.scored_on},
         ],
         description=f"{metric_ref or 'exact_match'} of {step.module} before and after {short} "
         f"({len(train)} train, {len(val or [])} val examples; LM: {lm_info.get('label') or lm_info.get('model')})",
@@ -226,7 +256,7 @@ def optimize_program(
                 f"# Optimized `{step.module}` with {short}",
                 "",
                 f"- score ({metric_ref or 'exact_match'}, {outcome.scored_on}): "
-                f"**{outcome.score_before:.4f} -> {outcome.score_after:.4f}**",
+                f"**{_shown(outcome.score_before)} -> {_shown(outcome.score_after)}**",
                 f"- state file: `{saved.uri}` (use it as the module step's `state`)",
                 f"- state payload: `{saved.ref.uri}`",
                 f"- demos per predictor: {saved.demos}",
@@ -242,11 +272,11 @@ def optimize_program(
         description=f"Compiled state of {step.module} ({short})",
     )
     logger.info(
-        "optimize %s: %s %.4f -> %.4f on %s; state %s",
+        "optimize %s: %s %s -> %s on %s; state %s",
         short,
         metric_ref,
-        outcome.score_before,
-        outcome.score_after,
+        _shown(outcome.score_before),
+        _shown(outcome.score_after),
         outcome.scored_on,
         saved.uri,
     )

@@ -80,7 +80,8 @@ class CompileOutcome(BaseModel):
 
     Attributes:
         optimizer: The optimizer's short name.
-        score_before: Mean metric score of the program as given, on the scoring set (0..1).
+        score_before: Mean metric score of the program as given, on the scoring set (0..1); None
+            when scoring was off (``score=False``).
         score_after: The same, for the compiled program.
         scored_on: ``valset`` when one was given, else ``trainset``.
         metric_calls: Metric calls the optimizer itself made while compiling.
@@ -91,8 +92,8 @@ class CompileOutcome(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     optimizer: str
-    score_before: float
-    score_after: float
+    score_before: float | None
+    score_after: float | None
     scored_on: str
     metric_calls: int
     compile_seconds: float
@@ -259,6 +260,7 @@ def compile_program(
     num_threads: int = 1,
     score_metric: Metric | None = None,
     progress: ProgressCounter | None = None,
+    score: bool = True,
 ) -> tuple[Module, CompileOutcome]:
     """Score ``program``, compile a copy of it with ``optimizer``, score the result.
 
@@ -275,6 +277,8 @@ def compile_program(
         score_metric: The metric of the before/after scores; default ``metric`` (exact match when
             there is none).
         progress: Stages ``score-before``, ``compile`` (counting metric calls), ``score-after``.
+        score: Score before and after (one program call per scoring-set example each time: 2 x
+            the scoring set in LM requests, besides the optimizer's own); False skips both.
 
     Returns:
         The compiled program and the `CompileOutcome`.
@@ -297,8 +301,10 @@ def compile_program(
         scorer = get_metric("exact_match")
     scoring_set = valset if valset else trainset
     with dspy_settings.context(lm=lm):
-        counter.set_stage("score-before", len(scoring_set))
-        before = _mean_score(program, scoring_set, scorer, lm, num_threads, counter)
+        before = None
+        if score:
+            counter.set_stage("score-before", len(scoring_set))
+            before = _mean_score(program, scoring_set, scorer, lm, num_threads, counter)
         counter.set_stage("compile", 0)
         compile_started = time.perf_counter()
         student = program.deepcopy()
@@ -313,8 +319,10 @@ def compile_program(
                 step="optimizer",
             ) from exc
         compile_seconds = time.perf_counter() - compile_started
-        counter.set_stage("score-after", len(scoring_set))
-        after = _mean_score(compiled, scoring_set, scorer, lm, num_threads, counter)
+        after = None
+        if score:
+            counter.set_stage("score-after", len(scoring_set))
+            after = _mean_score(compiled, scoring_set, scorer, lm, num_threads, counter)
     outcome = CompileOutcome(
         optimizer=short,
         score_before=before,
@@ -393,6 +401,7 @@ def run_optimization(
     num_threads: int = 1,
     progress: ProgressCounter | None = None,
     on_tick: Callable[[], None] | None = None,
+    score: bool = True,
 ) -> tuple[Any, CompileOutcome]:
     """Prefect task: build a fresh program and compile it on ``submit`` (the optimizer pool's executor).
 
@@ -417,6 +426,7 @@ def run_optimization(
         compile_options=compile_options,
         num_threads=num_threads,
         progress=progress,
+        score=score,
     )
     while not future.done():
         wait([future], timeout=_TICK_SECONDS)

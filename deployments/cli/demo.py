@@ -110,6 +110,13 @@ def run(
     stream: bool = typer.Option(
         False, "--stream", help="Write output rows to stdout as JSONL as they complete (summary on stderr)."
     ),
+    batch_api: bool = typer.Option(
+        False,
+        "--batch-api",
+        help="Send the module steps' LM calls through the provider's batch API (about half the price; "
+        "answered within its completion window, polled here). Default: the spec's lm_batch, else "
+        "DSPEX_LM_BATCH_API.",
+    ),
 ) -> None:
     """Run a pipeline spec file over a dataset."""
     import yaml
@@ -135,6 +142,7 @@ def run(
             continue_on_error=continue_on_error,
             resume=resume,
             max_cost_usd=max_cost_usd or None,
+            lm_batch=True if batch_api else None,
         )
     except RunStoppedError as exc:  # a signal or the budget: partial output kept (issue 12)
         stopped_partial = partial_ref_of(exc)

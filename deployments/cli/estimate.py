@@ -60,6 +60,8 @@ def estimate(
     for column in ("step", "module", "pool", "batches", "duration ms", "prompt tokens", "completion tokens"):
         table.add_column(column, justify="left" if column in ("step", "module", "pool") else "right")
     table.add_column("cost USD", justify="right")
+    table.add_column("batch cost USD", justify="right")
+    table.add_column("batch wait", justify="right")
     table.add_column("source (duration / usage)")
     for s in result.steps:
         table.add_row(
@@ -71,6 +73,8 @@ def estimate(
             _num(s.prompt_tokens),
             _num(s.completion_tokens),
             _num(s.cost_usd, 6),
+            _num(s.batch_cost_usd, 6),
+            f"~{_num(s.batch_wait_s)} s/round" if s.batch_wait_s is not None else f"<= {result.batch_window}",
             f"{s.duration_source} / {s.usage_source}",
         )
     console.print(table)
@@ -78,6 +82,10 @@ def estimate(
         f"total: ~{_num(result.duration_ms)} ms of step time, {_num(result.prompt_tokens)} prompt + "
         f"{_num(result.completion_tokens)} completion tokens, cost {_num(result.cost_usd, 6)} USD"
         + (f" (learned from a sample run of {result.sampled_rows} rows)" if result.sampled_rows else "")
+    )
+    console.print(  # issue 21: what the provider's batch API would cost, and how long it may take
+        f"batch API (lm_batch / --batch-api): cost {_num(result.batch_cost_usd, 6)} USD, answered within "
+        f"the {result.batch_window} completion window per round (learned waits per step above)"
     )
 
 
