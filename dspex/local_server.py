@@ -298,7 +298,10 @@ def _start(settings: Settings, folder: Path) -> dict[str, Any]:
         str(settings.shared_server_idle_seconds),
     ]
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env["PREFECT_HOME"] = os.environ.get("PREFECT_HOME") or str(settings.resolved_prefect_home)
+    # Absolute: the server runs in the server folder, not here (see _supervise).
+    env["PREFECT_HOME"] = str(
+        Path(os.environ.get("PREFECT_HOME") or settings.resolved_prefect_home).resolve()
+    )
     with log.open("ab") as out:
         subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
             command,
@@ -374,7 +377,11 @@ def _supervise(port: int, idle_s: float) -> int:
     env["PREFECT_API_AUTH_STRING"] = secret
     prefect = str(Path(sys.executable).with_name("prefect"))
     server = subprocess.Popen(  # noqa: S603 (our own venv's prefect)
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        # Not the user's working folder: the server puts "." on its sys.path and imports this
+        # project's Prefect plugin (deployments.worker), so a deployments/ there would run in it.
+        cwd=str(folder),
     )
     stopping = False
 
