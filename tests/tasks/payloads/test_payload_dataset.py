@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dspy
@@ -100,6 +103,49 @@ def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(PayloadCorruptError, match=r"line 4: malformed CSV") as info:
         Dataset.from_csv(str(path))
     assert info.value.uri == str(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_non_utf8_bytes_are_refused_with_their_line_in_csv_as_in_jsonl(tmp_path: Path, suffix: str) -> None:
+    # Issue 25.6: the CSV was read with every value as "b'ok'" and exit 0; JSONL was refused.
+    path = tmp_path / f"latin1{suffix}"
+    if suffix == ".csv":
+        path.write_bytes(b"question,answer\nok,fine\n\xe9t\xe9,ok\n")
+    else:
+        path.write_bytes(b'{"question": "ok"}\n{"question": "\xe9t\xe9"}\n')
+    with pytest.raises(
+        PayloadCorruptError, match=r"line 3: not UTF-8" if suffix == ".csv" else "line 2: not UTF-8"
+    ):
+        Dataset.from_path(str(path))
+    ok = tmp_path / f"fine{suffix}"
+    ok.write_text("question\nété\n" if suffix == ".csv" else '{"question": "été"}\n', encoding="utf-8")
+    assert Dataset.from_path(str(ok)).to_rows() == [{"question": "été"}]
+
+
+def test_a_csv_column_asked_for_as_binary_stays_binary(tmp_path: Path) -> None:
+    path = tmp_path / "raw.csv"
+    path.write_bytes(b"blob\n\xff\xfe\n")
+    table = Dataset.from_csv(str(path), column_types={"blob": pa.binary()}).table
+    assert table.column("blob").to_pylist() == [b"\xff\xfe"]
+
+
+def test_dspex_show_refuses_a_latin1_csv_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"question\nok\n\xe9t\xe9\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DSPEX_", "PREFECT_"))}
+    env.update(DSPEX_HOME=str(tmp_path / ".dspex"), COLUMNS="200")
+    done = subprocess.run(  # noqa: S603 - our own venv's dspex
+        [str(Path(sys.executable).parent / "dspex"), "show", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    output = " ".join((done.stdout + done.stderr).split())
+    assert "PayloadCorruptError" in output and "line 3: not UTF-8" in output
+    assert "b'" not in output
 
 
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:
