@@ -372,6 +372,8 @@ def _supervise(port: int, idle_s: float) -> int:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     env.pop("PREFECT_API_URL", None)
+    # The UI calls PREFECT_UI_API_URL, which defaults to port 4200 whatever --port says (issue 26.4).
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     # Basic auth on every endpoint but /api/health (issue 20); the server's own clients send it too.
     env["PREFECT_SERVER_API_AUTH_STRING"] = secret
     env["PREFECT_API_AUTH_STRING"] = secret

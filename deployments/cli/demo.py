@@ -189,7 +189,11 @@ def ui(
     if hold_ui(console):  # the shared local server that CLI runs use (issue 15)
         return
     env = dict(os.environ)
-    console.print(f"Prefect UI: http://{host}:{port} (database under {env.get('PREFECT_HOME')})")
+    # The UI calls the API at PREFECT_UI_API_URL, which defaults to port 4200 whatever --port says:
+    # off 4200 it would call someone else's server, or none (issue 26.4).
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 (compared, not bound)
+    env["PREFECT_UI_API_URL"] = f"http://{reachable}:{port}/api"
+    console.print(f"Prefect UI: http://{reachable}:{port} (database under {env.get('PREFECT_HOME')})")
     prefect = Path(sys.executable).with_name("prefect")
     command = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
     raise SystemExit(subprocess.call(command, env=env))  # noqa: S603 (our own venv's prefect)
