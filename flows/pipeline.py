@@ -36,7 +36,7 @@ from flows.modes import RunMode, needed_pools, resolve_mode
 from flows.params import LMParam, resolve_lm, safe_flow
 from flows.resume import reuse_note
 from flows.safekeeping import keep_partial, prepare_input_rows, row_number, store_output
-from flows.spec import ModuleStep, PipelineSpec
+from flows.spec import ModuleStep, PipelineSpec, check_overwrites
 from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows
 from tasks.usage import Usage
@@ -250,6 +250,9 @@ def run_pipeline(
     started = time.perf_counter()
     rows = load_rows(data)
     _check_inputs(spec, rows)
+    # A step writing a field the rows have replaces it; refused if a later step reads it as gold (issue 24).
+    for warning in check_overwrites(spec.steps, {key for row in rows[:1000] for key in row}):
+        logger.warning("%s", warning)
     decision = resolve_mode(mode, settings, needed_pools(spec.steps, settings))
     logger.info("%s", decision.reason)
     settings = settings.model_copy(update={"mode": decision.mode})

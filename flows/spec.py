@@ -68,6 +68,7 @@ __all__ = [
     "SelectOptions",
     "SelectStep",
     "Step",
+    "check_overwrites",
     "iter_steps",
 ]
 
@@ -667,6 +668,7 @@ class PipelineSpec(BaseModel):
         for step in iter_steps(self.steps):
             _validate_step(step)
         if self.inputs is not None:
+            check_overwrites(self.steps, set(self.inputs))  # gold labels a step overwrites (issue 24)
             missing = _first_missing(self.steps, set(self.inputs))
             if missing is not None:
                 step_name, field = missing
@@ -698,6 +700,72 @@ class PipelineSpec(BaseModel):
             if step.name == name:
                 return step
         raise KeyError(name)
+
+
+def _gold_readers(step: Any) -> list[tuple[str, str]]:
+    """(step name, field) for each field a step (or one nested in it) reads as gold labels."""
+    found = []
+    for inner in iter_steps([step]):
+        if isinstance(inner, NativeStep) and inner.native == "metric":
+            found.append((str(inner.name), _root(inner.gold)))
+        elif isinstance(inner, SelectStep) and inner.select.metric is not None:
+            found.append((str(inner.name), _root(inner.select.gold)))
+    return found
+
+
+def _surely_produces(step: Any) -> bool:
+    """Whether a step's ``produces()`` is certain: not read off a user program's class (issue 24)."""
+    if isinstance(step, ModuleStep):
+        return step.signature is not None or ":" not in step.module
+    return True
+
+
+def check_overwrites(steps: list[Any], fields: set[str]) -> list[str]:
+    """Find steps that write a field the input rows already have (issue 24).
+
+    Rows ``{question, answer}`` through ``question -> answer`` lose their ``answer``: the model's
+    answer replaces it, and an ``exact_match`` against ``answer`` then scores the model against
+    itself. To keep gold labels, write the output elsewhere (``outputs: {answer: predicted}`` and
+    the metric's ``prediction: predicted``), or keep the gold under another name (``gold``).
+
+    Args:
+        steps: The pipeline's steps (top level, in order).
+        fields: The fields the input rows have.
+
+    Returns:
+        A warning per overwritten field that no later step reads as gold.
+
+    Raises:
+        PipelineSpecError: A later step reads an overwritten input field as its gold labels (names
+            the field, both steps and how to keep the labels).
+    """
+    warnings: list[str] = []
+    overwritten: dict[str, tuple[str, bool]] = {}
+    flagged: set[str] = set()  # overwritten fields a warning already names
+    for step in steps:
+        for reader, gold in _gold_readers(step):
+            if gold in overwritten:
+                writer, sure = overwritten[gold]
+                message = (
+                    f"reads gold labels from field {gold!r}, which step {writer!r} overwrites with its own output, "
+                    f"so it would score the step against itself; keep the labels by writing the output elsewhere "
+                    f"(outputs: {{{gold}: predicted_{gold}}} on {writer!r} and prediction: predicted_{gold} here)"
+                )
+                if sure:
+                    raise PipelineSpecError(message, step=reader)
+                warnings.append(f"step {reader!r} {message} (if {writer!r} returns {gold!r})")
+                flagged.add(gold)
+        for field in step.produces():
+            if field in fields and field not in overwritten:
+                overwritten[field] = (str(step.name), _surely_produces(step))
+    for field, (writer, _sure) in overwritten.items():
+        if field not in flagged:
+            warnings.append(
+                f"step {writer!r} writes field {field!r}, which the input rows already have: their values "
+                f"are replaced by the step's output (map it elsewhere with outputs: {{{field}: new_name}} to "
+                "keep both)"
+            )
+    return warnings
 
 
 def _first_missing(steps: list[Any], available: set[str]) -> tuple[str, str] | None:

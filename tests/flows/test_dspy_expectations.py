@@ -285,3 +285,67 @@ def test_resume_runs_an_edited_program_again(tmp_path):
         edited, paid = run(server, "v2")
     assert paid == 4 and all(a.startswith("v2:") for a in edited["answers"])
     assert edited["reused"] == 0
+
+
+# --- item 3: an output named like an input ---------------------------------------------------------
+
+SELF_SCORED = {
+    "name": "self_scored",
+    "steps": [
+        {"module": "dspy.Predict", "signature": "question -> answer"},
+        {"native": "metric", "metric": "exact_match", "prediction": "answer", "gold": "answer"},
+    ],
+}
+GOLD_ROWS = [
+    {"question": "What is 2+2?", "answer": "4"},
+    {"question": "Capital of France?", "answer": "Paris"},
+]
+
+
+def test_a_metric_reading_overwritten_gold_labels_is_refused_before_any_lm_call():
+    # Original failure: exact_match 1.0 on every row: the model's answers scored against themselves.
+    from dspex.exceptions import PipelineSpecError
+
+    with openai_server() as server:
+        with pytest.raises(PipelineSpecError, match=r"gold labels from field 'answer'.*'predict' overwrites"):
+            run_pipeline(
+                PipelineSpec.model_validate(SELF_SCORED), data=GOLD_ROWS, lm=_lm(server), resume=False
+            )
+        assert server.chat_requests == []
+    with pytest.raises(ValueError, match="overwrites"):  # with declared inputs: when the spec is built
+        PipelineSpec.model_validate({**SELF_SCORED, "inputs": ["question", "answer"]})
+    # The documented way to keep the labels: map the output elsewhere.
+    kept = {
+        **SELF_SCORED,
+        "steps": [
+            {"module": "dspy.Predict", "signature": "question -> answer", "outputs": {"answer": "predicted"}},
+            {"native": "metric", "metric": "exact_match", "prediction": "predicted", "gold": "answer"},
+        ],
+    }
+    from dspy.utils.dummies import DummyLM
+
+    rows = run_pipeline(
+        PipelineSpec.model_validate(kept), data=GOLD_ROWS, lm=DummyLM([{"answer": "4"}, {"answer": "Rome"}])
+    ).rows()
+    assert [(r["answer"], r["predicted"], r["exact_match"]) for r in rows] == [
+        ("4", "4", 1.0),
+        ("Paris", "Rome", 0.0),
+    ]
+
+
+def test_an_overwritten_input_field_is_warned_about(caplog):
+    from dspy.utils.dummies import DummyLM
+
+    result = run_pipeline(PipelineSpec.model_validate(QA), data=GOLD_ROWS, lm=DummyLM([{"answer": "x"}] * 2))
+    assert result.summary.rows_out == 2
+    warned = [
+        r for r in caplog.records if r.levelname == "WARNING" and "writes field 'answer'" in r.getMessage()
+    ]
+    assert warned and "outputs: {answer: new_name}" in warned[0].getMessage()
+
+
+@pytest.mark.slow
+def test_dspex_run_refuses_self_scoring(tmp_path):
+    done = dspex_run(tmp_path, SELF_SCORED, GOLD_ROWS)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert "field 'answer'" in " ".join((done.stdout + done.stderr).split())
