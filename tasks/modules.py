@@ -19,6 +19,7 @@ import shutil
 import sys
 import textwrap
 import threading
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -317,10 +318,8 @@ def program_output_names(step: Any) -> tuple[str, ...] | None:
     return names
 
 
-def _annotated_fields(cls: type) -> tuple[str, ...] | None:
+def _annotated_fields(cls: type[dspy.Module]) -> tuple[str, ...] | None:
     """The fields of the pydantic model ``forward`` is annotated to return, if it is one."""
-    import typing  # only for a user program without a signature
-
     try:
         returned = typing.get_type_hints(cls.forward).get("return")
     except Exception:  # annotations that do not resolve here say nothing
@@ -330,7 +329,7 @@ def _annotated_fields(cls: type) -> tuple[str, ...] | None:
     return None
 
 
-def _returned_keys(cls: type) -> tuple[str, ...] | None:
+def _returned_keys(cls: type[dspy.Module]) -> tuple[str, ...] | None:
     """The keys of ``forward``'s returns when each is a literal Prediction(...) or dict (else None)."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
@@ -355,7 +354,7 @@ def _returned_keys(cls: type) -> tuple[str, ...] | None:
     return tuple(keys) or None
 
 
-def _predictor_outputs(cls: type, step: Any) -> tuple[str, ...] | None:
+def _predictor_outputs(cls: type[dspy.Module], step: Any) -> tuple[str, ...] | None:
     try:
         program = cls(**dict(step.options))
         predictors = program.named_predictors()
