@@ -18,8 +18,10 @@ around this function, so a row is tried at most ``policy.attempts`` times. Every
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -28,17 +30,18 @@ from typing import Any, Protocol
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dspex.exceptions import InputValidationError, is_retryable
+from dspex.exceptions import DSPexError, InputValidationError, is_retryable
 from dspex.redact import redact
 from tasks import tracing
 from tasks.modules import (
     build_module,
+    program_class,
     program_input_names,
     program_optional_names,
     returned_fields,
 )
 from tasks.retry import RetryPolicy
-from tasks.rows import MISSING, get_field, to_jsonable
+from tasks.rows import absent_inputs, admits_none, get_field, to_jsonable
 from tasks.usage import Usage, UsageBox, track
 
 __all__ = [
@@ -145,21 +148,60 @@ def without_lm_retries(lm: Any) -> Any:
     return lm
 
 
-def _row_inputs(step: Any, row: Mapping[str, Any], input_names: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    missing = []
-    for name in input_names:
-        value = get_field(row, step.inputs.get(name, name))
-        if value is MISSING:
-            missing.append(step.inputs.get(name, name))
-        else:
-            values[name] = value
-    if missing:
-        raise InputValidationError(
-            f"row lacks field(s) {missing} that step {step.name!r} reads",
-            [{"field": f, "message": "missing", "input": None} for f in missing],
+def _row_inputs(
+    step: Any, row: Mapping[str, Any], input_names: list[str], nullable: Mapping[str, bool], index: int
+) -> dict[str, Any]:
+    """The module's keyword arguments from one row; a row missing an input, or null where null is
+    not accepted, is refused here, before any LM call (issue 25), naming its row number.
+
+    ``nullable`` maps each input that accepts null to whether a null keeps the parameter's default
+    (a ``forward`` parameter with a default is then not passed)."""
+    reads = {name: step.inputs.get(name, name) for name in input_names}
+    absent = absent_inputs(row, reads, nullable)
+    if absent:
+        number = row.get("_row", index)
+        problems = [
+            f"field {reads[name]!r} is {how}" + (f" (input {name!r})" if reads[name] != name else "")
+            for name, how in absent.items()
+        ]
+        hint = (
+            "; a signature field typed 'str | None' accepts null"
+            if "null" in absent.values() and step.signature
+            else ""
         )
-    return values
+        raise InputValidationError(
+            f"row {number}: {', '.join(problems)}; step {step.name!r} needs it, so the row was not sent "
+            f"to the LM{hint}",
+            [
+                {"field": reads[name], "message": f"row {number}: {how}", "input": None}
+                for name, how in absent.items()
+            ],
+        )
+    values = {name: get_field(row, path) for name, path in reads.items()}
+    return {name: v for name, v in values.items() if v is not None or not nullable.get(name)}
+
+
+def _nullable_inputs(step: Any, spec: Any) -> dict[str, bool]:
+    """The inputs that accept null, each mapped to whether a null keeps a default: signature fields
+    typed ``Optional``/``X | None`` (False); for a user program without a signature, ``forward``
+    parameters with a default (True) or such an annotation (False)."""
+    if spec is not None:
+        return {f.name: False for f in spec.inputs if f.typed and admits_none(f.annotation)}
+    try:
+        forward = program_class(step.module).forward
+    except (DSPexError, LookupError, ImportError):  # build_module reports why it cannot be built
+        return {}
+    try:
+        hints = typing.get_type_hints(forward)
+    except Exception:  # annotations that do not resolve here: a default still makes it nullable
+        hints = {}
+    nullable = {}
+    for parameter in list(inspect.signature(forward).parameters.values())[1:]:
+        if parameter.default is not parameter.empty:
+            nullable[parameter.name] = True
+        elif admits_none(hints.get(parameter.name, str)):
+            nullable[parameter.name] = False
+    return nullable
 
 
 def _call(
@@ -275,6 +317,7 @@ def execute_module_batch(
     spec = step.signature_spec()
     # A user program without a signature: its forward()'s parameters (issue 13).
     input_names = list(spec.input_names) if spec is not None else program_input_names(step)
+    nullable = _nullable_inputs(step, spec)
     output_names = list(spec.output_names) if spec is not None else None
     # A user program must produce what its step's signature declares (no silent empty field).
     must_produce = [step.outputs.get(n, n) for n in output_names or []] if ":" in step.module else []
@@ -297,7 +340,7 @@ def execute_module_batch(
     trace = tracing.current_batch()
     for i, row in enumerate(rows):
         try:
-            kwargs = _row_inputs(step, row, input_names)
+            kwargs = _row_inputs(step, row, input_names, nullable, i)
             if validator is not None:
                 kwargs = validator.validate_inputs(kwargs)
             for name in optional_names:  # forward's optional parameters the row has (issue 24)

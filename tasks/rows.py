@@ -6,12 +6,14 @@ codecs, Prefect parameters and artifacts all accept: no live DSPy or pydantic ob
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Collection, Mapping
 from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-__all__ = ["MISSING", "get_field", "has_field", "set_field", "to_jsonable"]
+__all__ = ["MISSING", "absent_inputs", "admits_none", "get_field", "has_field", "set_field", "to_jsonable"]
 
 
 class _Missing:
@@ -36,6 +38,38 @@ def get_field(row: Mapping[str, Any], path: str, default: Any = MISSING) -> Any:
 def has_field(row: Mapping[str, Any], path: str) -> bool:
     """Whether the row has ``path``."""
     return get_field(row, path) is not MISSING
+
+
+def admits_none(annotation: Any) -> bool:
+    """Whether a field typed ``annotation`` accepts null: ``Optional[X]``, ``X | None``, ``None``, ``Any``."""
+    if annotation is None or annotation is type(None) or annotation is Any:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(admits_none(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def absent_inputs(
+    row: Mapping[str, Any], reads: Mapping[str, str], nullable: Collection[str] = ()
+) -> dict[str, str]:
+    """The inputs a row cannot give its module: ``{input name: "missing" | "null"}`` (empty: none).
+
+    A row that lacks a field, or holds null where the module's field does not accept null, must not
+    reach the LM: DSPy would send the text ``None`` and the answer would be paid for (issue 25).
+
+    Args:
+        row: The row.
+        reads: Each input name and the row field (a dotted path) it is read from.
+        nullable: Input names whose type accepts null (``Optional[...]``, a parameter with a default).
+    """
+    absent: dict[str, str] = {}
+    for name, path in reads.items():
+        value = get_field(row, path)
+        if value is MISSING:
+            absent[name] = "missing"
+        elif value is None and name not in nullable:
+            absent[name] = "null"
+    return absent
 
 
 def set_field(row: dict[str, Any], path: str, value: Any) -> None:

@@ -20,11 +20,11 @@ __all__ = ["demo", "register", "run", "ui"]
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-def _duration_table(records: list[Any]) -> Table:
-    from flows.artifacts import duration_rows
+def _duration_table(records: list[Any], pipeline: str) -> Table:
+    from flows.artifacts import duration_key, duration_rows
 
     rows = duration_rows(records)
-    table = Table(title="Estimated vs actual durations (artifact 'duration-estimates-<pipeline>')")
+    table = Table(title=f"Estimated vs actual durations (artifact '{duration_key(pipeline)}')")
     for column in ("step", "pool", "rows", "batches", "estimated ms", "actual ms", "error %", "estimate"):
         table.add_column(column, justify="right" if column not in ("step", "pool", "estimate") else "left")
     for row in rows:
@@ -46,19 +46,29 @@ def _duration_table(records: list[Any]) -> Table:
     return table
 
 
-def _where_to_look() -> None:
+def _run_artifact_keys(pipeline: str) -> list[str]:
+    """The keys of the artifacts a `run_pipeline` run of ``pipeline`` writes (what the closing lines name)."""
+    from flows.artifacts import duration_key, summary_key
+
+    return [duration_key(pipeline), summary_key(pipeline)]
+
+
+def _where_to_look(keys: list[str]) -> None:
     from dspex.bootstrap import embedded
 
+    named = ", ".join(f"'{key}'" for key in keys)
     if embedded():
         console.print(
             "Artifacts and runs are stored in the project's Prefect database "
             f"([bold]{os.environ.get('PREFECT_HOME')}[/bold]).\n"
             "See them in the Prefect UI: [bold]dspex ui[/bold], then open "
-            "http://127.0.0.1:4200/artifacts (the table 'duration-estimates-rag-qa', 'rag-qa-scores')."
+            f"http://127.0.0.1:4200/artifacts (keys {named})."
         )
     else:
-        url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
-        console.print(f"Artifacts: {url}/artifacts (key 'duration-estimates-rag-qa', 'rag-qa-scores').")
+        from dspex.redact import redact_url
+
+        url = redact_url(os.environ.get("PREFECT_API_URL", "").removesuffix("/api"))
+        console.print(f"Artifacts: {url}/artifacts (keys {named}).")
 
 
 def demo(
@@ -73,7 +83,7 @@ def demo(
     )
     result = rag_qa(limit=limit, k=k)
     lm = result.lm
-    console.print(_duration_table(result.pipeline.summary.steps))
+    console.print(_duration_table(result.pipeline.summary.steps, result.pipeline.summary.pipeline))
     label = (
         " (offline, extractive, deterministic; set DSPEX_LM_MODEL for a real model)"
         if lm.get("offline")
@@ -85,7 +95,7 @@ def demo(
         f"F1 [bold]{result.f1:.3f}[/bold], failed {result.failed}"
     )
     console.print(f"Output rows: {result.pipeline.output.uri}")
-    _where_to_look()
+    _where_to_look([*_run_artifact_keys(result.pipeline.summary.pipeline), "rag-qa-scores"])
 
 
 def run(
@@ -125,6 +135,7 @@ def run(
     from deployments.cli.output import load_spec_file, partial_ref_of, print_error, write_run_output
     from deployments.cli.stopped import report_stopped, usage_line
     from dspex.exceptions import DSPexError, RunStoppedError
+    from dspex.redact import redact
     from flows import run_pipeline
     from flows.resume import reuse_note
 
@@ -160,12 +171,14 @@ def run(
                 kept = write_run_output(partial, output, spec.name)
                 console.print(f"completed rows written to {escape(kept)}")
         raise typer.Exit(2) from None
-    console.print(_duration_table(result.summary.steps))
+    console.print(_duration_table(result.summary.steps, spec.name))
     try:
         written = write_run_output(result.output, output, spec.name)
     except DSPexError as exc:  # e.g. --output x.csv with nested rows: the payload is still stored
         print_error(console, exc)
-        console.print(f"the output is stored in {escape(result.output.uri)} (dspex show can export it)")
+        console.print(
+            f"the output is stored in {escape(redact(result.output.uri))} (dspex show can export it)"
+        )
         raise typer.Exit(2) from None
     console.print(  # reused rows are said so, with how to re-run them (issue 26.2)
         f"{result.summary.rows_in} rows in, {result.summary.rows_out} completed, {result.summary.failed} failed"
@@ -173,10 +186,11 @@ def run(
     )
     # soft_wrap: the path stays on one line, so it can be copied (and parsed) as printed
     console.print(
-        f"output: [bold]{escape(written)}[/bold] (payload {escape(result.output.uri)})", soft_wrap=True
+        f"output: [bold]{escape(written)}[/bold] (payload {escape(redact(result.output.uri))})",
+        soft_wrap=True,
     )
     console.print(usage_line(result.summary.usage, result.summary.reused_rows))
-    _where_to_look()
+    _where_to_look(_run_artifact_keys(spec.name))  # this pipeline's keys, not the demo's (issue 25)
 
 
 def ui(

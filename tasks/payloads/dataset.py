@@ -39,8 +39,11 @@ def _read_file(path: str) -> Any:
 def _table_from_pylist(
     rows: list[dict[str, Any]], *, source: str, lines: list[int] | None = None
 ) -> pa.Table:
+    # Every row's keys, not the first row's: pa.Table.from_pylist takes its columns from the first
+    # row, so {"query": ...} after {"question": ...} silently lost its field (issue 25).
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in columns})
     except (pa.ArrowException, TypeError, ValueError) as exc:
         change = _type_change(rows)
         if change is None:

@@ -180,7 +180,8 @@ def test_read_rows_gives_plain_dicts_for_every_kind(base_url: str) -> None:
         "record_batch": {"a": 1, "b": "x"},
         "one_embedding": {"value": [1.0] * 8},
         "vector_int64": {"value": 0},
-        "dataset": NESTED_ROWS[0],
+        # A table: a column only the second row has is null in the first (it was dropped: issue 25).
+        "dataset": {**NESTED_ROWS[0], "meta": None},
     }
     for case, first in expected_first.items():
         rows = read_rows(write_payload(CASES[case], base_url, inline_max_bytes=0))
