@@ -9,8 +9,11 @@ between checks nothing runs (the scheduled re-check of a deployment). Printed:
 * cost at batch prices vs the same tokens at online prices (target: batch <= 0.55x online);
 * worker-seconds held (the checks' wall time) vs the batch's wall time, first submission to last
   completion (target: <= 5%);
-* our overhead per round: replaying the rows, writing and uploading the file, collecting the answers
-  (target: <= 2 s for 10,000 rows).
+* our overhead per round (target: <= 2 s for 10,000 rows): building, uploading and submitting the
+  file and collecting the answers; and, apart, the time the rows' programs take to reach their next
+  call (DSPy's own prompt formatting and parsing of every call, earlier rounds' replayed ones too).
+
+The provider answers with a fixed reply holding both predictors' fields (fast, so the figures are ours).
 
 Run: ``.venv/bin/python benchmarks/batch_api.py`` (``--rows``, ``--delay``; ``--quick``: 1,000 rows).
 """
@@ -62,7 +65,11 @@ def main() -> int:
         {"question": f"What colour is box {i}?", "context": f"Box {i} is a red box on shelf {i % 97}."}
         for i in range(rows_n)
     ]
-    with prefect_test_harness(server_startup_timeout=180), openai_server() as server:
+    reply = "[[ ## note ## ]]\nred\n\n[[ ## answer ## ]]\nred\n\n[[ ## completed ## ]]"
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        openai_server(responder=lambda _m: reply) as server,
+    ):
         server.batch.delay_s = delay
         lm = dspy.LM(MODEL, api_base=server.base_url, api_key="sk-bench", cache=False, num_retries=0)
         checks: list[float] = []
@@ -98,9 +105,15 @@ def main() -> int:
             f"worker-seconds held: {held:.1f} s over {len(checks)} checks vs the batch's wall time {batch.wait_s:.1f} s "
             f"(end to end {total:.1f} s): {held / max(batch.wait_s, 1e-9) * 100:.1f}% (target <= 5%)"
         )
+        replay = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.replay_ms)
+        io = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.io_ms)
         print(
-            f"our overhead per round (replay, file, collect): {', '.join(f'{o / 1000:.2f} s' for o in batch.overhead_ms)}"
-            f" for {rows_n} rows (target <= 2 s for 10,000)"
+            f"per round, running the rows' programs (DSPy's own formatting/parsing, replays included): {replay}"
+        )
+        print(f"per round, our files and calls (JSONL, upload, submit, collect, state): {io}")
+        print(
+            f"our overhead per round: {max(batch.io_ms) / 1000:.2f} s of I/O at most (target <= 2 s for 10,000 rows); "
+            f"with the programs' own DSPy work: {max(r + i for r, i in zip(batch.replay_ms, batch.io_ms, strict=True)) / 1000:.2f} s"
         )
         print(f"rows failed: {result.summary.failed}")
     return 0

@@ -53,6 +53,12 @@ class RoundState(BaseModel):
     checks: int = 0
     answered: int = 0
     failed: int = 0
+    replay_ms: float = Field(
+        default=0.0, description="Running the waiting rows' programs to collect the requests."
+    )
+    io_ms: float = Field(
+        default=0.0, description="Writing, uploading and submitting the file, collecting answers."
+    )
 
 
 class BatchJobState(BaseModel):
@@ -82,7 +88,15 @@ class LMBatchRecord(BaseModel):
     completed_at: list[str | None]
     wait_s: float = Field(description="Seconds from the first submission to the last completion.")
     online_fallbacks: int = 0
-    overhead_ms: list[float] = Field(default_factory=list, description="Our time per round (replay, files).")
+    replay_ms: list[float] = Field(
+        default_factory=list,
+        description="Per round: running the waiting rows' programs (DSPy's formatting and parsing of every "
+        "call, earlier rounds' replayed ones included).",
+    )
+    io_ms: list[float] = Field(
+        default_factory=list,
+        description="Per round: building, uploading and submitting the file; collecting.",
+    )
     price: str = ""
 
 

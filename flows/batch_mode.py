@@ -165,7 +165,6 @@ def run_batch_step(
         outputs: list[dict[str, Any] | None] = [None] * len(subset)
         errors: list[RowError | None] = [None] * len(subset)
         online_usage: list[Usage] = []
-        overhead: list[float] = []
         fallbacks = 0
         while waiting:
             if ctx.stopping():
@@ -198,8 +197,11 @@ def run_batch_step(
             pending = store.take_pending()
             if not pending:
                 break
+            replayed = time.perf_counter()
             current = _current_round(job, client, pending, settings.lm_batch_completion_window)
-            overhead.append((time.perf_counter() - round_start) * 1000)
+            if not current.replay_ms:  # the run that submitted the round measured it
+                current.replay_ms = round((replayed - round_start) * 1000, 1)
+                current.io_ms = round((time.perf_counter() - replayed) * 1000, 1)
             _log(
                 "step %s: batch round %d: %d request(s) for %d waiting row(s) in batch %s",
                 step.name,
@@ -210,8 +212,9 @@ def run_batch_step(
             )
             info = _wait(client, job, current, ctx)
             collect_start = time.perf_counter()
-            fallbacks += _collect(client, info, job, current, pending, store, policy, mode.fallback, model)
-            overhead[-1] += (time.perf_counter() - collect_start) * 1000
+            fallbacks += _collect(
+                client, info, job, current, pending, store, policy, mode.fallback, model, collect_start
+            )
     finally:
         client.close()
 
@@ -233,7 +236,7 @@ def run_batch_step(
             BatchRequest(step=step, rows=subset, pool="provider-batch", batch_key=job.state.job), result
         )
     record = _record(
-        step, decision, job, store, rows, active, started, reused, online_usage, overhead, fallbacks, settings
+        step, decision, job, store, rows, active, started, reused, online_usage, fallbacks, settings
     )
     from flows.batch_estimates import record_batch_wait
 
@@ -320,6 +323,7 @@ def _collect(
     policy: RetryPolicy,
     fallback: str,
     model: str,
+    started: float,
 ) -> int:
     """Put a finished batch's answers in the store and the job's files; returns the online fallbacks.
 
@@ -372,6 +376,7 @@ def _collect(
     current.failed = len(failed)
     current.status = "done"
     current.completed_at = now_iso()
+    current.io_ms = round(current.io_ms + (time.perf_counter() - started) * 1000, 1)
     job.save()
     if info.status != "completed":
         logger.warning("batch %s ended %s: %d request(s) unanswered", info.id, info.status, len(failed))
@@ -388,7 +393,6 @@ def _record(
     started: float,
     reused: int,
     online_usage: list[Usage],
-    overhead: list[float],
     fallbacks: int,
     settings: Any,
 ) -> Any:
@@ -431,7 +435,8 @@ def _record(
             completed_at=[c for _, c in times],
             wait_s=round(wait_s, 1),
             online_fallbacks=fallbacks,
-            overhead_ms=[round(o, 1) for o in overhead],
+            replay_ms=[r.replay_ms for r in rounds],
+            io_ms=[r.io_ms for r in rounds],
             price=rates[2] if rates else "unpriced",
         ),
     )

@@ -470,6 +470,7 @@ class BatchAPI:
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)
     submitted: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], bool]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -547,6 +548,7 @@ def _batch_route(handler: _Handler, method: str, raw: bytes) -> bool:
             }
             api.created[batch_id] = time.monotonic()
             answer = dict(api.batches[batch_id])
+        threading.Thread(target=_answer_batch, args=(state, api, batch_id), daemon=True).start()
         handler._send_json(200, answer)
         return True
     if method == "GET" and len(parts) == 1:
@@ -570,15 +572,11 @@ def _batch_route(handler: _Handler, method: str, raw: bytes) -> bool:
     return True
 
 
-def _run_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> dict[str, Any]:
-    """The batch, answered first when its delay has passed."""
+def _answer_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> None:
+    """Answer a batch's requests (on a thread started at creation, as a provider works meanwhile);
+    the batch is shown done once ``delay_s`` has passed too."""
     with api.lock:
         batch = api.batches[batch_id]
-        due = time.monotonic() - api.created[batch_id] >= api.delay_s
-        if batch["status"] not in ("validating", "in_progress") or not due:
-            if batch["status"] == "validating":
-                batch["status"] = "in_progress"
-            return dict(batch)
         lines = [json.loads(line) for line in api.files[batch["input_file_id"]].splitlines() if line.strip()]
         expire = api.expire_next > 0
         api.expire_next -= 1 if expire else 0
@@ -587,10 +585,8 @@ def _run_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> dict[st
     for n, line in enumerate(lines):
         custom_id = line["custom_id"]
         if expire and n >= api.expire_after:
-            error = {
-                "code": "batch_expired",
-                "message": "This request could not be executed before the completion window expired.",
-            }
+            message = "This request could not be executed before the completion window expired."
+            error = {"code": "batch_expired", "message": message}
             err.append({"id": f"req_{n}", "custom_id": custom_id, "response": None, "error": error})
             continue
         with api.lock:
@@ -598,32 +594,34 @@ def _run_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> dict[st
             api.fail_next -= 1 if fail else 0
         if fail:
             body = {"error": {"message": "The server had an error (injected)", "type": "server_error"}}
-            err.append(
-                {
-                    "id": f"req_{n}",
-                    "custom_id": custom_id,
-                    "response": {"status_code": 500, "body": body},
-                    "error": None,
-                }
-            )
-            continue
-        reply = state._reply(line["body"])
-        out.append(
-            {
-                "id": f"req_{n}",
-                "custom_id": custom_id,
-                "response": {"status_code": 200, "body": reply},
-                "error": None,
-            }
+            response = {"status_code": 500, "body": body}
+        else:
+            response = {"status_code": 200, "body": state._reply(line["body"])}
+        (err if fail else out).append(
+            {"id": f"req_{n}", "custom_id": custom_id, "response": response, "error": None}
         )
     with api.lock:
+        api.answers[batch_id] = (out, err, expire)
+
+
+def _run_batch(state: FakeOpenAIServer, api: BatchAPI, batch_id: str) -> dict[str, Any]:
+    """The batch; done (its result files written) once it is answered and its delay has passed."""
+    with api.lock:
+        batch = api.batches[batch_id]
+        due = time.monotonic() - api.created[batch_id] >= api.delay_s
+        if batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        if batch["status"] != "in_progress" or not due or batch_id not in api.answers:
+            return dict(batch)
+        out, err, expire = api.answers[batch_id]
         for kind, rows in (("output_file_id", out), ("error_file_id", err)):
             if rows:
                 file_id = f"file-{len(api.files) + 1}"
                 api.files[file_id] = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
                 batch[kind] = file_id
         batch["status"] = "expired" if expire else "completed"
-        batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        total = len(out) + len(err)
+        batch["request_counts"] = {"total": total, "completed": len(out), "failed": len(err)}
         return dict(batch)
 
 
