@@ -188,8 +188,8 @@ def _run_chunked(
                 for future in finished:
                     index = future.result()
                     done += 1
-                    if contexts[index].stop and not ctx.continue_on_error:
-                        _stop_all(ctx, contexts)
+                    if (contexts[index].stop and not ctx.continue_on_error) or ctx.failures.exceeded:
+                        _stop_all(ctx, contexts)  # fail-fast, or one failure past max_errors (issue 24)
                     if sink is not None and not (cancel is not None and cancel.is_set()):
                         sink(chunks[index])
                     if ctx.on_progress is not None:

@@ -103,6 +103,19 @@ def test_more_than_max_errors_failures_stop_the_run():
         served = len(server.chat_requests)
     assert served < 40  # the run stopped: later batches never started
 
+    with openai_server() as server:  # pipelined: the chunks share one budget
+        server.enqueue(*[Fault.error(400, "bad request (injected)")] * 3)
+        with pytest.raises(StepExecutionError, match="more than max_errors=2 rows failed"):
+            run_pipeline(
+                _flaky_spec(max_errors=2),
+                data=_questions(80),
+                lm=_lm(server),
+                resume=False,
+                pipelined=True,
+                chunk_rows=8,
+            )
+        assert len(server.chat_requests) < 80
+
 
 # --- item 8: dspy.configure(lm=...) is the LM when nothing else is named -------------------------
 
