@@ -21,6 +21,7 @@ scans), so it can run on every log record (`install_log_redaction`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "known_secrets",
     "redact",
     "redact_data",
+    "redact_exception",
     "redact_url",
     "url_secrets",
 ]
@@ -217,6 +219,22 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_data(item) for item in value]
     return value
+
+
+def redact_exception(error: BaseException) -> BaseException:
+    """Mask the string arguments of ``error`` and of the exceptions it was raised from, in place.
+
+    For an exception about to be shown as it is (an unexpected error's traceback on the console):
+    its message is rebuilt from ``args``, which may quote a URL with its password.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        with contextlib.suppress(AttributeError, TypeError):  # a class that fixes its args
+            current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        current = current.__cause__ or current.__context__
+    return error
 
 
 class _RedactingFactory:

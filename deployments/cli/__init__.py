@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deployments.cli.registry import app as registry_app
+from dspex.redact import redact_exception
 from dspex.settings import get_settings
 
 __all__ = ["app", "main"]
@@ -75,4 +76,8 @@ def main() -> None:
     from deployments.cli.server import prepare
 
     prepare(sys.argv[1:])  # flow-running commands use the shared local server (issue 15)
-    app()
+    try:
+        app()
+    except Exception as exc:  # an unexpected error's traceback is printed as is: mask it (issue 20)
+        redact_exception(exc)
+        raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 
 import pytest
 from dspy.utils.dummies import DummyLM
@@ -221,3 +222,19 @@ def test_stored_flow_parameters_mask_url_credentials():
     )
     assert PASSWORD not in json.dumps(stored)
     assert stored["lm"]["api_base"] == "http://***@127.0.0.1:45369/v1"
+
+
+def test_an_unexpected_error_is_masked_through_its_whole_chain(monkeypatch):
+    from dspex.redact import redact_exception
+
+    monkeypatch.setenv("DSPEX_LM_API_BASE", LM_BASE)
+    try:
+        try:
+            raise OSError(f"cannot reach alice:{PASSWORD}@127.0.0.1:45369")
+        except OSError as inner:
+            raise RuntimeError(f"LM call to {LM_BASE} failed") from inner
+    except RuntimeError as exc:
+        masked = redact_exception(exc)
+    text = "".join(traceback.format_exception(masked))
+    assert PASSWORD not in text
+    assert "***@127.0.0.1:45369" in text and "http://***@127.0.0.1:45369/v1" in text
