@@ -243,6 +243,7 @@ def run_batch_step(
     if record.lm_batch is not None and record.lm_batch.rounds:
         record_batch_wait(step.module, model, record.lm_batch.wait_s / record.lm_batch.rounds)
     ctx.records.append(record)
+    ctx.failures.add(record.failed - record.not_attempted)  # the run's max_errors budget counts them too
 
 
 def _current_round(

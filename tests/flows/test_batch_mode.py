@@ -170,3 +170,37 @@ def test_the_job_state_is_json_under_the_payload_folder(server, tmp_path, monkey
     (job,) = (tmp_path / "payloads" / BATCH_PREFIX).iterdir()
     assert sorted(p.name for p in job.iterdir()) == ["answers-1.json", "state.json"]
     assert "sk-batch-secret" not in (job / "state.json").read_text() + (job / "answers-1.json").read_text()
+
+
+def lookup(query: str) -> str:
+    """Look a fact up."""
+    return f"fact about {query}"
+
+
+def react_reply(messages):
+    """A model that looks the question up once, then finishes, then extracts the answer."""
+    system, last = messages[0][1], messages[-1][1]
+    if "next_tool_name" in system:
+        tool, args = ("finish", "{}") if "observation_0" in last else ("lookup", '{"query": "boxes"}')
+        return (
+            f"[[ ## next_thought ## ]]\nstep\n\n[[ ## next_tool_name ## ]]\n{tool}\n\n"
+            f"[[ ## next_tool_args ## ]]\n{args}\n\n[[ ## completed ## ]]"
+        )
+    return "[[ ## reasoning ## ]]\nlooked up\n\n[[ ## answer ## ]]\nred\n\n[[ ## completed ## ]]"
+
+
+def test_react_takes_a_round_per_call_and_equals_online():
+    from tasks.callables import register_callable, unregister_callable
+
+    register_callable("lookup", lookup)
+    try:
+        with openai_server(responder=react_reply) as server:
+            spec = spec_of({"module": "dspy.ReAct", "signature": "question -> answer", "tools": ["lookup"]})
+            lm, rows = lm_for(server), [{"question": f"What colour is box {i}?"} for i in range(4)]
+            batch = run_pipeline(spec, data=rows, lm=lm, lm_batch=True, resume=False)
+            online = run_pipeline(spec, data=rows, lm=lm, resume=False)
+    finally:
+        unregister_callable("lookup")
+    assert batch.summary.failed == 0 and batch.rows() == online.rows()
+    assert batch.summary.steps[0].lm_batch.rounds == 3  # lookup, finish, extract
+    assert "fact about boxes" in str(batch.rows()[0]["trajectory"])
