@@ -126,16 +126,40 @@ def url_secrets(url: str) -> list[str]:
     return list(dict.fromkeys(v for value in (userinfo, password) for v in (value, unquote(value))))
 
 
-def _watched() -> tuple[str | None, ...]:
-    env_name = os.environ.get("DSPEX_LM_API_KEY_ENV") or "OPENAI_API_KEY"
-    names = (
-        "DSPEX_LM_API_KEY",
-        env_name,
-        *(f"DSPEX_{name.upper()}" for name in _URL_SETTINGS),
-        *_URL_VARIABLES,
-        *_SECRET_VARIABLES,
-    )
-    return (env_name, *(os.environ.get(name) for name in names))
+_WATCHED = (
+    "DSPEX_LM_API_KEY_ENV",
+    "DSPEX_LM_API_KEY",
+    "OPENAI_API_KEY",
+    *(f"DSPEX_{name.upper()}" for name in _URL_SETTINGS),
+    *_URL_VARIABLES,
+    *_SECRET_VARIABLES,
+)
+
+
+def _watched() -> tuple[Any, ...]:
+    """The values of the variables the secrets come from: when they change, the cache is stale.
+
+    This runs on every log record, so it reads CPython's raw environment mapping when there is one
+    (a dict lookup each, ~25x cheaper than ``os.environ.get``, which encodes and decodes).
+    """
+    raw = getattr(os.environ, "_data", None)
+    encode = getattr(os.environ, "encodekey", None)
+    if isinstance(raw, dict) and encode is not None:
+        values = tuple(raw.get(key) for key in _encoded_watched(encode))
+        named = raw.get(values[0]) if values[0] else None  # the variable DSPEX_LM_API_KEY_ENV names
+        return (*values, named)
+    env_name = os.environ.get("DSPEX_LM_API_KEY_ENV")
+    return (*(os.environ.get(name) for name in _WATCHED), os.environ.get(env_name) if env_name else None)
+
+
+_encoded: tuple[Any, ...] | None = None
+
+
+def _encoded_watched(encode: Any) -> tuple[Any, ...]:
+    global _encoded
+    if _encoded is None:
+        _encoded = tuple(encode(name) for name in _WATCHED)
+    return _encoded
 
 
 def known_secrets() -> list[str]:
