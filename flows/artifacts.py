@@ -28,7 +28,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from dspex.redact import redact
+from dspex.redact import redact, redact_data
 from flows.metrics import metrics_markdown
 
 __all__ = [
@@ -180,7 +180,7 @@ def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> 
     ]
     artifact = create_table_artifact(
         key=duration_key(pipeline),
-        table=first,
+        table=redact_data(first),  # no credentials in the database (issue 20)
         description=redact(
             f"Estimated vs actual step durations of pipeline '{pipeline}' (LM: {lm_name}). estimate: "
             "'seed' is the registry catalogue's static value, used until enough runs were observed "
@@ -190,7 +190,7 @@ def write_duration_artifact(records: list[Any], pipeline: str, lm_name: str) -> 
     )
     create_table_artifact(
         key=details_key(pipeline),
-        table=details,
+        table=redact_data(details),
         description=redact(f"Per-step details of pipeline '{pipeline}': batches, failures, tokens, cost."),
     )
     return artifact
