@@ -48,9 +48,9 @@ def _duration_table(records: list[Any], pipeline: str) -> Table:
 
 def _run_artifact_keys(pipeline: str) -> list[str]:
     """The keys of the artifacts a `run_pipeline` run of ``pipeline`` writes (what the closing lines name)."""
-    from flows.artifacts import duration_key, summary_key
+    from flows.artifacts import details_key, duration_key, summary_key
 
-    return [duration_key(pipeline), summary_key(pipeline)]
+    return [duration_key(pipeline), details_key(pipeline), summary_key(pipeline)]
 
 
 def _where_to_look(keys: list[str]) -> None:

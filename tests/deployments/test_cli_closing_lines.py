@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from flows.artifacts import duration_key, summary_key
+from flows.artifacts import details_key, duration_key, summary_key
 
 
 @pytest.mark.integration
@@ -30,5 +30,9 @@ def test_run_names_the_artifact_keys_of_its_own_pipeline(tmp_path, monkeypatch):
     text = " ".join(result.output.split())
     assert "rag-qa" not in text and "<pipeline>" not in text
     assert f"artifact '{duration_key('Invoice_Triage')}'" in text  # the table's title
-    assert f"'{duration_key('Invoice_Triage')}', '{summary_key('Invoice_Triage')}'" in text
-    assert "'duration-estimates-invoice-triage', 'pipeline-summary-invoice-triage'" in text
+    keys = [duration_key("Invoice_Triage"), details_key("Invoice_Triage"), summary_key("Invoice_Triage")]
+    assert ", ".join(f"'{key}'" for key in keys) in text
+    assert (
+        "'duration-estimates-invoice-triage', 'duration-details-invoice-triage', 'pipeline-summary-invoice-triage'"
+        in text
+    )
