@@ -41,6 +41,7 @@ from flows.spec import (
 )
 from tasks import tracing
 from tasks.batch import BatchResult, RowError, not_attempted_result
+from tasks.payloads import confine
 from tasks.rows import get_field, set_field
 from tasks.usage import Usage
 
@@ -296,6 +297,9 @@ def _module_step(
     step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], active: list[int], ctx: EngineContext
 ) -> None:
     reused = 0
+    # Before anything is reused or dispatched: reused rows and cached corpora pass the read fence a
+    # fresh read would (issue 20).
+    confine.check_step_reads(step)
     if ctx.resume is not None:  # rows earlier runs completed are taken, not dispatched (flows.resume)
         done, active = ctx.resume.split(step, rows, active)
         for i, reused_output in done.items():

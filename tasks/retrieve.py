@@ -39,6 +39,10 @@ def retriever_for(step: Any) -> Any:
     with _lock:
         found = _retrievers.get(key)
     if found is not None:
+        # A corpus a local caller loaded is cached; a fenced run naming it still passes the fence.
+        from tasks.payloads import confine  # deferred as in load_corpus: pyarrow and pandas
+
+        confine.check_step_reads(step)
         return found
     if step.backend == "colbertv2":
         from tasks.retrieval import ColBERTv2Retriever

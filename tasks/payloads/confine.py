@@ -45,6 +45,7 @@ never whether the file exists, its size or its checksum.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -55,6 +56,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import fsspec
@@ -67,6 +69,7 @@ from dspex.settings import Settings, get_settings
 __all__ = [
     "check_data_read",
     "check_payload_read",
+    "check_step_reads",
     "data_roots",
     "fenced",
     "in_deployment_run",
@@ -284,6 +287,35 @@ def check_payload_read(uri: str, settings: Settings | None = None) -> None:
     )
     if not _allowed(uri, roots):
         raise _refuse("payload", uri, roots, "DSPEX_PAYLOAD_URL or DSPEX_DATA_ROOTS")
+
+
+def check_step_reads(step: Any) -> None:
+    """In a fenced read, check a step's own locations: a retrieve step's ``corpus``, a module step's
+    saved ``state`` (a path or a `PayloadRef`'s JSON).
+
+    For what is served without a read (rows reused from an earlier run, a corpus a local caller
+    already loaded into this process's cache) the fence must hold as it does for a fresh read.
+
+    Raises:
+        PayloadAccessError: One of them is outside.
+    """
+    if not reads_fenced():
+        return
+    for value, what in (
+        (getattr(step, "corpus", None), "corpus"),
+        (getattr(step, "state", None), "program state"),
+    ):
+        if isinstance(value, str) and value.strip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue  # not a ref: its read fails with its own error
+        if isinstance(value, dict):
+            uri, inline = value.get("uri"), value.get("inline")
+            if isinstance(uri, str) and inline is None:  # inline bytes travel in the ref: nothing is read
+                check_payload_read(uri)
+        elif isinstance(value, str) and value != "demo":
+            check_data_read(value, what)
 
 
 def check_data_read(location: str, what: str = "file", settings: Settings | None = None) -> None:
