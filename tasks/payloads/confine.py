@@ -19,7 +19,9 @@ Everything else is a **local caller**: the ``dspex`` command line (``dspex run s
 It reads what the person running it can read, as ``open()`` would: the person who typed the path can
 already read the file, so a fence there only refuses them their own work. Inside a fence, a location
 *this process* wrote (`remember_written`, called by every write of `tasks.payloads.storage`) is
-readable too, so ``read_payload(write_payload(rows, base_url=folder))`` always reads back.
+readable too, so ``read_payload(write_payload(rows, base_url=folder))`` always reads back. What is
+served without a read (rows resume reuses, a corpus already cached in this process) is checked as a
+fresh read would be (`check_step_reads`).
 
 **Where fenced reads may go** (a refusal is `PayloadAccessError`):
 
