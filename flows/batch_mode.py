@@ -69,6 +69,7 @@ __all__ = [
     "awaiting_batch",
     "batch_mode_for",
     "deployment_run",
+    "preflight",
     "run_batch_step",
     "schedule_recheck",
 ]
@@ -115,6 +116,27 @@ def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     return future
 
 
+def _lm_of(ctx: EngineContext) -> Any:
+    if ctx.lm is not None:
+        return ctx.lm
+    from tasks.lm import build_lm  # distributed mode: the orchestrator's own LM from its settings
+
+    return build_lm(ctx.settings)
+
+
+def preflight(ctx: EngineContext) -> None:
+    """Before any step runs: the run's LM and its provider have a batch API.
+
+    Raises:
+        LMBatchUnsupportedError: They do not (nothing was sent).
+    """
+    client = BatchClient.for_lm(_lm_of(ctx))
+    try:
+        client.check()
+    finally:
+        client.close()
+
+
 def run_batch_step(
     step: Any,
     rows: list[dict[str, Any]],
@@ -139,11 +161,16 @@ def run_batch_step(
     mode: BatchMode = ctx.batch_mode
     settings = ctx.settings
     started = time.perf_counter()
-    lm = ctx.lm
-    if lm is None:
-        from tasks.lm import build_lm
+    if not active:  # every row was reused from earlier runs: nothing to ask
+        from flows.engine import StepRecord
 
-        lm = build_lm(settings)
+        reason = "provider batch API: every row reused from earlier runs"
+        record = StepRecord(
+            step=step.name, kind=step.kind, module=decision.module, reason=reason, reused_rows=reused
+        )
+        ctx.records.append(record)
+        return
+    lm = _lm_of(ctx)
     client = BatchClient.for_lm(lm)  # typed error for an offline LM, a custom client, another API
     try:
         client.check()  # a provider without /v1/batches: a typed error before anything is sent

@@ -28,7 +28,7 @@ from dspex.exceptions import (
 from dspex.settings import Mode, get_settings
 from flows import events, run_control
 from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
-from flows.batch_mode import awaiting_batch, batch_mode_for
+from flows.batch_mode import awaiting_batch, batch_mode_for, preflight
 from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
 from flows.interrupts import handle_signals
 from flows.metrics import RunMetrics, build_metrics, collect
@@ -279,6 +279,8 @@ def run_pipeline(
 
         ctx.executor = RemoteExecutor(settings, stop=ctx.stopping, store=ctx.resume)
     check_pools(spec.steps, ctx)
+    if ctx.batch_mode is not None:  # an LM or provider without a batch API: a typed error, nothing sent
+        preflight(ctx)
     prepare_input_rows(rows)  # reserved _error/_row on input are kept aside, never crash the run (issue 13)
     lm_model = str(lm_info.get("model"))
     try:

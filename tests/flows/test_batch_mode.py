@@ -119,9 +119,12 @@ def test_expired_requests_go_online_with_the_online_fallback(server):
 
 def test_a_provider_without_a_batch_api_is_a_typed_error_before_anything_is_sent(server):
     server.batch.supported = False
+    first = {"name": "first", **PROGRAMS["predict"][0]}  # online, and before the batch step
+    second = {"name": "second", "module": "dspy.Predict", "signature": "answer -> verdict"}
+    spec = PipelineSpec.model_validate({"name": "two", "steps": [first, second], "lm_batch": ["second"]})
     with pytest.raises(LMBatchUnsupportedError, match="no batch API"):
-        run_pipeline(spec_of(PROGRAMS["predict"][0]), data=data(2), lm=lm_for(server), lm_batch=True)
-    assert [r.path for r in server.requests if r.method == "POST"] == []
+        run_pipeline(spec, data=data(2), lm=lm_for(server))
+    assert [r.path for r in server.requests if r.method == "POST"] == []  # not even the online step ran
 
 
 def test_the_offline_lm_has_no_batch_api():
