@@ -7,7 +7,16 @@ The limiter hooks into DSPy as a callback (`LimiterCallback`), so it sees every 
 
 Adaptive: a 429 pauses the endpoint for its ``Retry-After`` (every caller waits, not just the one
 that was refused) and halves the number of calls allowed in flight; each success adds back a
-fraction of one, so concurrency recovers over a few dozen calls.
+fraction of one, so concurrency recovers over a few dozen calls. With a request rate configured, the
+rate is what paces (issue 20): a 429 slows the rate by a tenth (recovering over ~50 successes) and
+the concurrency cut stops at what the current rate needs (rate x the calls' mean latency, with room),
+because halving it below that capped a loaded 2-core machine at 59% of the provider's limit: one
+jitter-induced 429 left 4 calls in flight where 200 ms calls at 40/s need 8 and more.
+
+Pacing is by reservation: each call takes its place in the request bucket's queue and sleeps until
+its own turn, so calls leave evenly spaced and in order, with no herd of pollers under CPU load. The
+request bucket's burst is a quarter second's worth (`REQUEST_BURST_SECONDS`): a provider's bucket
+that we fill with our own burst has no room left for the bunching a loaded machine adds.
 
 In distributed mode the same limits are shared by every worker through Prefect global concurrency
 limits with slot decay (`GlobalRate`, ``prefect.concurrency.sync.rate_limit``), taken in chunks so
@@ -38,6 +47,14 @@ logger = logging.getLogger("dspex.ratelimit")
 #: After a 429, each success adds ``_RECOVERY / limit`` to the concurrency limit: it gains one every
 #: ``limit / _RECOVERY`` calls, slowly enough not to run straight back into the provider's limit.
 _RECOVERY = 0.25
+#: The request bucket's burst, in seconds of its rate (see the module docstring).
+REQUEST_BURST_SECONDS = 0.25
+#: A 429 multiplies the paced request rate by this; each success adds back ``1 / _RATE_RECOVERY_CALLS``
+#: of the cut, so the configured rate is back after about that many successes.
+_RATE_BACKOFF = 0.9
+_RATE_RECOVERY_CALLS = 50
+#: Concurrency after a 429 stays at or above rate x mean latency x this (Little's law, with room).
+_CONCURRENCY_ROOM = 1.5
 StopFn = Callable[[], bool]
 
 
@@ -70,11 +87,34 @@ class TokenBucket:
                 return 0.0
             return (amount - self._level) / self.rate
 
+    def reserve(self, amount: float) -> float:
+        """Take ``amount`` now, into debt if need be; return the seconds until it is covered.
+
+        Callers that reserve in turn are served in turn: each waits for its own place, none polls.
+        """
+        amount = min(amount, self.capacity)
+        with self._lock:
+            self._refill()
+            self._level -= amount
+            return max(-self._level / self.rate, 0.0)
+
     def adjust(self, delta: float) -> None:
         """Give back (positive) or charge (negative) units after the fact."""
         with self._lock:
             self._refill()
             self._level = min(self.capacity, self._level + delta)
+
+    def drain(self) -> None:
+        """Spend whatever burst is left (after a 429: no burst once the pause ends)."""
+        with self._lock:
+            self._refill()
+            self._level = min(self._level, 0.0)
+
+    def set_rate(self, rate: float) -> None:
+        """Pace at ``rate`` from now on (what is already refilled stays)."""
+        with self._lock:
+            self._refill()
+            self.rate = float(rate)
 
 
 class GlobalRate:
@@ -184,13 +224,15 @@ class EndpointLimiter:
         # A burst of one second's worth: providers meter per second or per minute, so a second's
         # worth at once is within any of their windows, and the run starts at full speed.
         self.requests = (
-            TokenBucket(requests_per_minute / 60, requests_per_minute / 60, clock)
+            TokenBucket(requests_per_minute / 60, requests_per_minute / 60 * REQUEST_BURST_SECONDS, clock)
             if requests_per_minute
             else None
         )
+        self._configured_rate = requests_per_minute / 60 if requests_per_minute else None
         self.tokens = (
             TokenBucket(tokens_per_minute / 60, tokens_per_minute / 60, clock) if tokens_per_minute else None
         )
+        self._latency_avg: float | None = None  # mean seconds of a call, acquire to release
         self.global_requests = global_requests
         self.global_tokens = global_tokens
         self._cond = threading.Condition()
@@ -219,11 +261,14 @@ class EndpointLimiter:
                     self._in_flight += 1  # released by the caller's release() like any other call
                     return 0
                 self._cond.wait(timeout=min(max(wait, 0.01), 0.25))
-        for bucket in (self.requests, self.tokens):
-            if bucket is None:
-                continue
-            amount = 1.0 if bucket is self.requests else float(charge)
-            while (wait := bucket.wait_time(amount)) > 0:
+        if self.requests is not None:  # our place in the queue: sleep until its turn, no polling
+            deadline = self._clock() + self.requests.reserve(1.0)
+            while (wait := deadline - self._clock()) > 0:
+                if stop is not None and stop():
+                    return charge
+                time.sleep(min(wait, 0.25))
+        if self.tokens is not None:
+            while (wait := self.tokens.wait_time(float(charge))) > 0:
                 if stop is not None and stop():
                     return charge
                 time.sleep(min(wait, 0.25))
@@ -240,16 +285,37 @@ class EndpointLimiter:
         throttled: bool = False,
         retry_after: float | None = None,
         actual_tokens: int | None = None,
+        seconds: float | None = None,
     ) -> None:
-        """A call ended: free its slot; on a 429 pause and halve concurrency, else recover a little."""
+        """A call ended: free its slot; on a 429 pause and back off, else recover a little.
+
+        Args:
+            charged: What `acquire` charged.
+            throttled: The provider answered 429.
+            retry_after: Its ``Retry-After``, seconds.
+            actual_tokens: Tokens the call used (corrects the estimate).
+            seconds: How long the call took (feeds the mean latency behind the concurrency floor).
+        """
         if self.tokens is not None and actual_tokens is not None:
             self.tokens.adjust(charged - actual_tokens)
         with self._cond:
             in_flight = self._in_flight
             self._in_flight = max(self._in_flight - 1, 0)
+            if seconds is not None and not throttled:
+                self._latency_avg = (
+                    seconds if self._latency_avg is None else 0.9 * self._latency_avg + 0.1 * seconds
+                )
+            rate = self.requests.rate if self.requests is not None else None
             if throttled:
                 self.throttled += 1
-                self._limit = max(1.0, min(self._limit, float(in_flight)) / 2)
+                floor = 1.0
+                if self.requests is not None and rate is not None:
+                    rate = max(rate * _RATE_BACKOFF, (self._configured_rate or rate) * 0.05)
+                    self.requests.set_rate(rate)
+                    self.requests.drain()
+                    if self._latency_avg is not None:  # keep what the (slowed) rate needs in flight
+                        floor = max(floor, rate * self._latency_avg * _CONCURRENCY_ROOM)
+                self._limit = max(floor, min(self._limit, float(in_flight)) / 2)
                 pause = retry_after if retry_after is not None else 1.0
                 self._paused_until = max(self._paused_until, self._clock() + pause)
                 logger.info(
@@ -258,8 +324,19 @@ class EndpointLimiter:
                     pause,
                     int(self._limit),
                 )
-            elif self._limit != float("inf"):
-                self._limit += _RECOVERY / self._limit  # additive increase
+            else:
+                if self._limit != float("inf"):
+                    self._limit += _RECOVERY / self._limit  # additive increase
+                configured = self._configured_rate
+                if (
+                    self.requests is not None
+                    and configured is not None
+                    and rate is not None
+                    and rate < configured
+                ):
+                    self.requests.set_rate(
+                        min(configured, rate + configured * (1 - _RATE_BACKOFF) / _RATE_RECOVERY_CALLS)
+                    )
             self._cond.notify_all()
 
     def note_completion(self, completion_tokens: int) -> None:
@@ -278,14 +355,15 @@ class LimiterCallback(BaseCallback):
     def __init__(self, limiter: EndpointLimiter, stop: StopFn | None = None) -> None:
         self.limiter = limiter
         self.stop = stop
-        self._charged: dict[str, tuple[int, int]] = {}  # call id -> (tokens charged, prompt estimate)
+        # call id -> (tokens charged, prompt estimate, when it was let through)
+        self._charged: dict[str, tuple[int, int, float]] = {}
         self._lock = threading.Lock()
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         prompt = estimate_tokens(inputs)
         charged = self.limiter.acquire(prompt, self.stop)
         with self._lock:
-            self._charged[call_id] = (charged, prompt)
+            self._charged[call_id] = (charged, prompt, time.monotonic())
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         from dspy.utils.exceptions import LMRateLimitError
@@ -293,7 +371,7 @@ class LimiterCallback(BaseCallback):
         from tasks.retry import retry_after_seconds
 
         with self._lock:
-            charged, prompt = self._charged.pop(call_id, (0, 0))
+            charged, prompt, started = self._charged.pop(call_id, (0, 0, time.monotonic()))
         completion = None
         if exception is None and isinstance(outputs, list):
             completion = sum(len(str(o)) for o in outputs) // 4
@@ -304,6 +382,7 @@ class LimiterCallback(BaseCallback):
             throttled=throttled,
             retry_after=retry_after_seconds(exception) if throttled and exception is not None else None,
             actual_tokens=None if completion is None else prompt + completion,
+            seconds=time.monotonic() - started,
         )
 
 

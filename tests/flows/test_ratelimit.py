@@ -53,6 +53,45 @@ def test_token_bucket_refills_at_its_rate_and_takes_corrections():
     assert bucket.wait_time(1) == pytest.approx(1.1)
 
 
+def test_reservations_queue_callers_in_turn_without_polling():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=2, clock=clock)
+    # Two from the burst, then each caller's own turn, 0.1 s apart: nobody has to ask again.
+    assert [bucket.reserve(1) for _ in range(5)] == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3])
+    clock.now += 0.3
+    assert bucket.reserve(1) == pytest.approx(0.1)
+
+
+def test_a_request_bucket_bursts_a_quarter_second_not_the_providers_whole_window():
+    limiter = ratelimit.EndpointLimiter("ep", requests_per_minute=2400)
+    assert limiter.requests is not None
+    assert limiter.requests.rate == pytest.approx(40.0)
+    assert limiter.requests.capacity == pytest.approx(40.0 * ratelimit.REQUEST_BURST_SECONDS)
+
+
+def test_with_a_rate_set_a_429_slows_the_rate_and_keeps_the_concurrency_the_rate_needs():
+    """Issue 20: one 429 at 40 requests/s and 250 ms calls used to halve concurrency to ~4 (59% of the
+    limit on a loaded machine); now the rate slows by a tenth and concurrency stays >= rate x latency."""
+    clock = Clock()
+    limiter = ratelimit.EndpointLimiter("ep", requests_per_minute=2400, clock=clock)
+    for _ in range(20):  # calls of 250 ms teach the mean latency
+        charged = limiter.acquire(10)
+        clock.now += 0.25
+        limiter.release(charged, seconds=0.25)
+    held = [limiter.acquire(10) for _ in range(9)]  # 9 in flight when the provider says 429
+    limiter.release(held.pop(), throttled=True, retry_after=0.05, seconds=0.01)
+    assert limiter.throttled == 1
+    assert limiter.requests is not None and limiter.requests.rate == pytest.approx(36.0)
+    needed = 36.0 * 0.25
+    assert limiter.concurrency_limit >= needed * 1.5 - 1e-9  # not 4.5, as halving 9 gave
+    for charged in held:
+        limiter.release(charged, seconds=0.25)
+    for _ in range(60):  # the rate recovers to what was configured, and no further
+        clock.now += 0.1  # past the pause and each call's turn (the fake clock never moves by itself)
+        limiter.release(limiter.acquire(10), seconds=0.25)
+    assert limiter.requests.rate == pytest.approx(40.0)
+
+
 def stamped_server(server):
     stamps = []
     lock = threading.Lock()
@@ -86,8 +125,8 @@ def test_sixteen_concurrent_batches_share_one_request_rate(openai_server):  # no
     elapsed = time.monotonic() - start
     assert len(results) == 16 and all(r.failed == 0 for r in results)
     assert len(stamps) == 64 and openai_server.throttled == 0
-    # 64 requests at 20/s after a burst of one second's worth (unpaced, all 64 would land within a
-    # second). Stamps are taken on arrival, so thread scheduling may bunch a few: a small allowance.
+    # 64 requests at 20/s after a burst of a quarter second's worth (unpaced, all 64 would land within
+    # a second). Stamps are taken on arrival, so thread scheduling may bunch a few: a small allowance.
     busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
     assert busiest <= 44, busiest
     assert (64 - 20) / (max(stamps) - min(stamps)) <= 20 * 1.1
