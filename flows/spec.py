@@ -682,7 +682,7 @@ class PipelineSpec(BaseModel):
     @model_validator(mode="after")
     def _lm_batch_names_module_steps(self) -> PipelineSpec:
         if isinstance(self.lm_batch, list):
-            modules = {s.name for s in iter_steps(self.steps) if isinstance(s, ModuleStep)}
+            modules = {str(s.name) for s in iter_steps(self.steps) if isinstance(s, ModuleStep)}
             unknown = sorted(set(self.lm_batch) - modules)
             if unknown:
                 raise PipelineSpecError(
