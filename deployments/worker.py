@@ -18,6 +18,12 @@ general`` finds it. Started that way, the worker applies the same defaults ``dsp
 (`apply_worker_defaults`): fast polling and heartbeats, a DSPy cache folder of its own, no GPU outside
 the gpu pool, and no flow-run heartbeats; a variable the user set explicitly always wins.
 
+Stopping (issue 26.7): Prefect's ``prefect worker start`` turns SIGTERM into a SIGINT that its own
+handlers absorbed, so the worker kept polling and never exited. A dspex worker handles SIGTERM and
+SIGINT itself: it takes no new run, waits up to ``DSPEX_WORKER_STOP_SECONDS`` (10 s) for the runs it
+has, marks the ones still going Crashed (so their batches are re-dispatched at once, not after the
+dead-worker grace) and exits; a second signal exits at once.
+
 Queues named with ``--work-queue`` that the pool lacks are created when the worker starts (a session
 affinity queue of its own, docs/deployment.md section 11): Prefect's server refuses a poll that names a
 missing queue, so without them the worker would take no run at all, not even from ``default``.
@@ -29,7 +35,9 @@ import asyncio
 import contextvars
 import importlib
 import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,9 +137,16 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         apply_worker_defaults(work_pool_name, self.name)
         self._flows: dict[str, Flow[..., Any]] = {}
         self._flows_lock = threading.Lock()
+        # One entrypoint import at a time: the preload and a first run importing `flows` in two
+        # threads at once saw a half-initialised module (ImportError) and the run failed to start.
+        self._import_lock = threading.Lock()
         self._queues_ready = False
         self._database_checked = False
         self._threads = ThreadPoolExecutor(max_workers=max(limit or 8, 1), thread_name_prefix="dspex-run")
+        self._active: dict[str, FlowRun] = {}  # flow run id -> run, while its thread runs it
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._main_task: asyncio.Task[Any] | None = None
 
     async def start(self, *args: Any, **kwargs: Any) -> None:
         """Start polling (every `DEFAULT_QUERY_SECONDS` unless ``PREFECT_WORKER_QUERY_SECONDS`` is set)."""
@@ -139,11 +154,62 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
 
         disable_flow_heartbeats()
         threading.Thread(target=self._preload, name="dspex-preload", daemon=True).start()
-        if "PREFECT_WORKER_QUERY_SECONDS" in os.environ:
-            await super().start(*args, **kwargs)
-            return
-        with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: DEFAULT_QUERY_SECONDS}):
-            await super().start(*args, **kwargs)
+        self._handle_stop_signals()
+        try:
+            if "PREFECT_WORKER_QUERY_SECONDS" in os.environ:
+                await super().start(*args, **kwargs)
+                return
+            with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: DEFAULT_QUERY_SECONDS}):
+                await super().start(*args, **kwargs)
+        finally:
+            self._stopped.set()
+
+    def _handle_stop_signals(self) -> None:
+        """Replace Prefect's SIGTERM/SIGINT forwarding (see the module docstring) with `_on_stop_signal`."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # a worker started in a test's thread: signals are not ours to take
+        loop = asyncio.get_running_loop()
+        self._main_task = asyncio.current_task()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            self._logger.warning("second %s: exiting now", name)
+            os._exit(128 + signum)
+        from dspex.settings import get_settings
+
+        self._stopping = True
+        grace = get_settings().worker_stop_seconds
+        self._logger.info(
+            "%s: taking no new runs; waiting up to %.0f s for %d running flow run(s), then exiting",
+            name,
+            grace,
+            len(self._active),
+        )
+        threading.Thread(target=self._exit_after, args=(grace,), name="dspex-stop", daemon=True).start()
+        if self._main_task is not None:
+            self._main_task.cancel()
+
+    def _exit_after(self, grace: float) -> None:
+        """Wait for the running flow runs (up to ``grace``), crash the rest, and end the process."""
+        deadline = time.monotonic() + grace
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = list(self._active.values())
+        if left:
+            _crash_runs(left, f"its dspex worker stopped (signal) before it finished; grace {grace:.0f} s")
+        # The worker's own teardown (deregistering, closing clients) may finish meanwhile; threads
+        # still running flows would hold the interpreter's exit forever, so the process ends here.
+        self._stopped.wait(timeout=3.0)
+        os._exit(1 if left else 0)
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """Prefect's poll, skipped once the worker is stopping (no new run is taken)."""
+        if self._stopping:
+            return []
+        return await super().get_and_submit_flow_runs()
 
     async def sync_with_backend(self) -> None:
         """Create the missing ``--work-queue`` queues (until that succeeds), then Prefect's own sync."""
@@ -214,12 +280,20 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         """Import the `PRELOAD_ENTRYPOINTS` flows in the background while the worker registers."""
         for entrypoint in PRELOAD_ENTRYPOINTS:
             try:
-                loaded = load_entrypoint(entrypoint)
+                self._load(entrypoint)
             except ConfigurationError as exc:  # not this project's checkout: the first run imports it
                 self._logger.warning("could not preload %s: %s", entrypoint, exc)
-                continue
+
+    def _load(self, entrypoint: str) -> Flow[..., Any]:
+        """The flow of ``entrypoint``, imported once (under the import lock)."""
+        with self._import_lock:
             with self._flows_lock:
-                self._flows.setdefault(entrypoint, loaded)
+                cached = self._flows.get(entrypoint)
+            if cached is None:
+                cached = load_entrypoint(entrypoint)
+                with self._flows_lock:
+                    self._flows[entrypoint] = cached
+            return cached
 
     async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
         if flow_run.deployment_id is None:
@@ -231,10 +305,8 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
             raise ConfigurationError(f"deployment {deployment.name!r} has no entrypoint")
         with self._flows_lock:
             cached = self._flows.get(deployment.entrypoint)
-        if cached is None:
-            cached = load_entrypoint(deployment.entrypoint)
-            with self._flows_lock:
-                self._flows[deployment.entrypoint] = cached
+        if cached is None:  # in a thread: it may wait for the preload's import to finish
+            cached = await anyio.to_thread.run_sync(self._load, deployment.entrypoint)
         return cached
 
     async def run(
@@ -252,11 +324,32 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
         if task_status is not None:
             task_status.started(os.getpid())
         loop = asyncio.get_running_loop()
+        self._active[str(flow_run.id)] = flow_run
         # A fresh context: the run must not inherit the worker loop's client or settings contexts.
         status = await loop.run_in_executor(
-            self._threads, contextvars.Context().run, _run_flow_run, flow, flow_run
+            self._threads, contextvars.Context().run, self._run_tracked, flow, flow_run
         )
         return DSPexWorkerResult(identifier=str(flow_run.id), status_code=status)
+
+    def _run_tracked(self, flow: Flow[..., Any], flow_run: FlowRun) -> int:
+        # Active until its thread ends: a stopping worker's loop cancels `run`, not the thread.
+        try:
+            return _run_flow_run(flow, flow_run)
+        finally:
+            self._active.pop(str(flow_run.id), None)
+
+
+def _crash_runs(runs: list[FlowRun], message: str) -> None:
+    """Mark ``runs`` Crashed (best effort, a few seconds at most): the worker is leaving them."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            for run in runs:
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    except Exception:  # the process ends anyway; the dispatcher's dead-worker check covers the rest
+        return
 
 
 def _run_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> int:

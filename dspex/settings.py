@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         "applies, and how long a silent worker is still trusted; a killed worker's batch is re-dispatched "
         "within 2 x this + one heartbeat (35 s by default, docs/deployment.md).",
     )
+    worker_stop_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="After SIGTERM or Ctrl+C, a dspex worker takes no new run and waits this long for its "
+        "running flow runs; runs still going are then marked Crashed (their batches are re-dispatched) and "
+        "the worker exits. A second signal exits at once (issue 26.7).",
+    )
 
     # --- language model ----------------------------------------------------------------------
     lm_model: str = Field(
