@@ -67,11 +67,6 @@ class RemoteExecutor(BatchExecutor):
         status = self.dispatcher.pool_status_cached(pool)
         return max(len(status.live_workers) if status is not None else 0, 1)
 
-    def slots(self, pool: str) -> int:
-        """One slot per live worker of ``pool`` (at least one), so no live worker idles (issue 26)."""
-        status = self.dispatcher.pool_status_cached(pool)
-        return max(len(status.live_workers) if status is not None else 0, 1)
-
     def _run(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
         if request.step.kind != "module":
