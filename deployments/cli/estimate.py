@@ -45,8 +45,10 @@ def estimate(
 
     try:
         text = spec_file.read_text(encoding="utf-8")
-        fmt = "yaml" if spec_file.suffix.lower() in {".yaml", ".yml"} else "json"
-        raw = load_document(text, source=f"spec file {str(spec_file)!r}", fmt=fmt)  # bounded (issue 20)
+        yaml_name = spec_file.suffix.lower() in {".yaml", ".yml"}
+        raw = load_document(  # bounded (issue 20)
+            text, source=f"spec file {str(spec_file)!r}", fmt="yaml" if yaml_name else "json"
+        )
         spec = PipelineSpec.model_validate(raw)
         rows = load_rows(data)
         result = estimate_pipeline(spec, rows, settings=get_settings(), sample_rows=sample_rows)

@@ -48,8 +48,8 @@ def load_spec_file(path: Path) -> Any:
     except OSError as exc:
         raise PipelineSpecError(f"{where} cannot be read: {exc.strerror or exc}") from None
     try:  # bounded: a size, depth or alias-bomb limit is a SpecLimitError naming it (issue 20)
-        fmt = "yaml" if path.suffix.lower() in {".yaml", ".yml"} else "json"
-        raw = load_document(text, source=where, fmt=fmt)
+        yaml_name = path.suffix.lower() in {".yaml", ".yml"}
+        raw = load_document(text, source=where, fmt="yaml" if yaml_name else "json")
     except json.JSONDecodeError as exc:
         raise PipelineSpecError(
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
