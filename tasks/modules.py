@@ -298,8 +298,8 @@ def program_output_names(step: Any) -> tuple[str, ...] | None:
     In order: the program's declared ``signature`` attribute; else the fields of the pydantic model
     ``forward``'s return annotation names; else the keys its ``forward`` returns,
     when every ``return`` is a literal ``dspy.Prediction(k=...)`` or ``{"k": ...}``; else the output
-    fields of its predictors' signatures (``named_predictors``, read from an instance built with the
-    step's options: the same one the run builds). None when none of these says anything.
+    fields of its predictors' signatures (``named_predictors``, read from the instance `build_module`
+    builds and caches for the run). None when none of these says anything.
     """
     try:
         cls = program_class(step.module)
@@ -312,7 +312,7 @@ def program_output_names(step: Any) -> tuple[str, ...] | None:
     with _cache_lock:
         if key in _outputs_cache:
             return _outputs_cache[key]
-    names = _annotated_fields(cls) or _returned_keys(cls) or _predictor_outputs(cls, step)
+    names = _annotated_fields(cls) or _returned_keys(cls) or _predictor_outputs(step)
     with _cache_lock:
         _outputs_cache[key] = names
     return names
@@ -354,10 +354,10 @@ def _returned_keys(cls: type[dspy.Module]) -> tuple[str, ...] | None:
     return tuple(keys) or None
 
 
-def _predictor_outputs(cls: type[dspy.Module], step: Any) -> tuple[str, ...] | None:
+def _predictor_outputs(step: Any) -> tuple[str, ...] | None:
     try:
-        program = cls(**dict(step.options))
-        predictors = program.named_predictors()
+        # The instance the run itself uses (build_module caches it): the program is built once.
+        predictors = build_module(step).named_predictors()
     except Exception as exc:  # a user's constructor: whatever it raises, the run reports it later
         logger.debug("cannot build %s to read its predictors: %s", step.module, exc)
         return None
