@@ -154,8 +154,9 @@ class BatchJob:
 
 
 def job_id(step: Any, rows: list[dict[str, Any]], lm_key: str) -> str:
-    from flows.resume import row_key, step_key
+    """The job of ``step`` over ``rows`` with the LM ``lm_key``: the resume store's own step and row keys."""
+    from flows.resume import StepResume
 
-    keys = [row_key(step, row) for row in rows]
-    blob = json.dumps([step_key(step, lm_key), keys], separators=(",", ":")).encode()
+    keys = StepResume(step, lm_key, None)  # the fields the step reads, found once (not per row)
+    blob = json.dumps([keys.step_id, keys.row_keys(rows)], separators=(",", ":")).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
