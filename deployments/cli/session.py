@@ -44,13 +44,14 @@ def _parse_inputs(pairs: list[str], as_json: str | None) -> dict[str, Any]:
     local caller, so the file is read with the rights of the person who typed it, and under
     ``DSPEX_READ_FENCE=all`` only inside ``DSPEX_DATA_ROOTS``.
     """
+    from dspex.documents import load_document
     from dspex.exceptions import InputValidationError
     from tasks.payloads.confine import check_data_read
 
     inputs: dict[str, Any] = {}
     if as_json:
-        try:
-            loaded = json.loads(as_json)
+        try:  # bounded like every user document (issue 20): a SpecLimitError names the limit
+            loaded = load_document(as_json, source="--json", fmt="json")
         except json.JSONDecodeError as exc:
             raise InputValidationError(f"--json is not valid JSON: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -83,11 +84,13 @@ def open_command(
     ttl: float | None = typer.Option(None, "--ttl", help="Seconds the session lives after its last turn."),
 ) -> None:
     """Open a session; prints its id."""
+    from dspex.documents import load_document
     from dspex.exceptions import DSPexError
     from flows.sessions import open_session
 
-    try:
-        step = json.loads(step_json) if step_json else {"module": module, "signature": signature}
+    try:  # --step is bounded like every user document (issue 20)
+        plain = {"module": module, "signature": signature}
+        step = load_document(step_json, source="--step", fmt="json") if step_json else plain
         session = open_session(step, ttl_seconds=ttl)
     except (DSPexError, json.JSONDecodeError) as exc:
         raise _fail(exc) from None
