@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dspex.project import HOME_NAME, find_project_root
+
 __all__ = ["OFFLINE_LM_MODEL", "Mode", "Settings", "get_settings"]
 
 Mode = Literal["local", "distributed"]
@@ -34,8 +36,10 @@ class Settings(BaseSettings):
 
     # --- where state lives -------------------------------------------------------------------
     home: Path = Field(
-        default=Path(".dspex"),
-        description="Project-local state folder: Prefect home, payloads, registry file, caches.",
+        default_factory=lambda: _project_home(),
+        description="Project-local state folder: Prefect home, payloads, registry file, caches. Default: "
+        ".dspex in the project folder, found as git finds .git: the nearest folder up from here with a "
+        ".dspex, else with prefect.yaml, pyproject.toml or .git, else this one (dspex/project.py).",
     )
     prefect_home: Path | None = Field(
         default=None,
@@ -471,6 +475,11 @@ class Settings(BaseSettings):
         values["resolved_payload_url"] = redact_url(self.resolved_payload_url)
         values["resolved_registry_path"] = str(self.resolved_registry_path)
         return values
+
+
+def _project_home() -> Path:
+    """The default home: ``.dspex`` in the project folder (`dspex.project.find_project_root`)."""
+    return find_project_root()[0] / HOME_NAME
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -64,11 +64,42 @@ def _where_to_look(keys: list[str]) -> None:
             "See them in the Prefect UI: [bold]dspex ui[/bold], then open "
             f"http://127.0.0.1:4200/artifacts (keys {named})."
         )
+    elif (ui_url := _shared_ui_url()) is not None:
+        # The shared server stops when idle and may not be on its usual port: name the command that
+        # opens it and the URL `dspex ui` serves, not this moment's port (issue 26.5).
+        console.print(
+            f"See runs and artifacts in the Prefect UI: [bold]dspex ui[/bold], then {ui_url}/artifacts (keys {named})."
+        )
     else:
         from dspex.redact import redact_url
 
         url = redact_url(os.environ.get("PREFECT_API_URL", "").removesuffix("/api"))
         console.print(f"Artifacts: {url}/artifacts (keys {named}).")
+
+
+def _shared_ui_url() -> str | None:
+    """The UI URL `dspex ui` serves when this process runs on the shared local server, else None:
+    the configured port (DSPEX_SHARED_SERVER_PORT, 4200), or the one it took when that was busy."""
+    from dspex.local_server import server_status
+    from dspex.settings import get_settings
+
+    state = server_status()
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if state is None or str(state.get("url", "")).rstrip("/") != api:
+        return None
+    port = get_settings().shared_server_port
+    return f"http://127.0.0.1:{port}" if int(state.get("port", port)) == port else api.removesuffix("/api")
+
+
+def _say_home() -> None:
+    """Say which DSPex home a run uses when it is not in this folder (found up the tree: issue 25)."""
+    from dspex.project import home_note
+    from dspex.settings import get_settings
+
+    settings = get_settings()
+    note = None if "home" in settings.model_fields_set else home_note(settings.home)
+    if note:  # on stderr: `dspex run --stream` writes rows to stdout
+        Console(stderr=True).print(escape(note), soft_wrap=True)
 
 
 def demo(
@@ -78,6 +109,7 @@ def demo(
     """Run the demo: retrieval-augmented QA over the bundled corpus, scored, on the embedded Prefect."""
     from flows.rag import rag_qa
 
+    _say_home()
     console.print(
         "[bold]DSPex demo[/bold]: retrieve (gpu pool) -> ChainOfThought (general pool) -> EM/F1 (native)"
     )
@@ -139,6 +171,7 @@ def run(
     from flows import run_pipeline
     from flows.resume import reuse_note
 
+    _say_home()
     try:
         spec = load_spec_file(spec_file)  # errors name the file (issue 13)
         if stream:  # pipelined, rows to stdout as they complete (issue 15)
