@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     home: Path = Field(
         default_factory=lambda: _project_home(),
         description="Project-local state folder: Prefect home, payloads, registry file, caches. Default: "
-        ".dspex in the project folder, found as git finds .git: the nearest folder up from here with a "
-        ".dspex, else with prefect.yaml, pyproject.toml or .git, else this one (dspex/project.py).",
+        ".dspex in the project root found up the tree as git finds .git (the nearest folder with "
+        "prefect.yaml, pyproject.toml or .git; a .dspex between here and it wins), else here (dspex/project.py).",
     )
     prefect_home: Path | None = Field(
         default=None,
