@@ -14,7 +14,7 @@ about the endpoint.
 **A new run waits instead of giving up** (issue 20). The breaker lives in this process only (nothing is
 persisted: a re-run in a new process starts closed and finds out for itself), but this process may be
 long-lived: the warm runner serves every ``dspex run``, a notebook calls ``run_pipeline`` twice, a
-worker serves many runs. A batch names its run (``admit_batch(run=...)``: the Prefect flow run it
+distributed run's orchestrator runs again. A batch names its run (``admit_batch(run=...)``: the Prefect flow run it
 belongs to). The runs that were admitted since the circuit last closed *witnessed* the failures that
 opened it, and their batches are refused at once as above (an outage run ends fast). A batch of any
 other run, finding the circuit open, waits out the rest of the cool-down (logged once per run, with
@@ -67,14 +67,25 @@ def remove_listener(listener: BreakerListener) -> None:
         _listeners.remove(listener)
 
 
+#: The flow a worker runs per batch (`flows.step_runner.run_step`): one batch of another process's run.
+_WORKER_FLOW = "run-step"
+
+
 def current_run() -> str | None:
-    """The id of the Prefect flow run this thread works for (a batch's run), or None outside one.
+    """The id of the Prefect flow run this thread works for (a batch's run), or None.
 
     The engine copies its context into every dispatch thread and Prefect copies it into task runs,
-    so each batch of a pipeline run sees that run's id; a worker's batch sees its run-step run.
+    so each batch of a pipeline run sees that run's id. None outside a flow run, and on a worker: its
+    run-step run is one batch of the orchestrator's run, which a worker cannot name without API
+    calls; there the breaker refuses while open, as before, and the orchestrator (whose breaker opened
+    with the worker's, from the same results) is the one that waits and probes.
     """
     context = FlowRunContext.get()
-    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+    if context is None or context.flow_run is None:
+        return None
+    if context.flow is not None and context.flow.name == _WORKER_FLOW:
+        return None
+    return str(context.flow_run.id)
 
 
 def is_transport_failure(error: BaseException) -> bool:
