@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
+    "announce_exit",
     "code_stamp",
     "environment_stamp",
     "foreign_packages",
@@ -191,8 +192,15 @@ def try_warm_run(argv: list[str]) -> int | None:
     return _relay(conn, reader)
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _relay(conn: socket.socket, reader: TextIO) -> int:
     interrupted = 0
+    # SIGTERM stops the run as it does in a process of its own (passed on as INT), instead of
+    # killing only this client and leaving the run to notice the closed socket.
+    signal.signal(signal.SIGTERM, _interrupt)
     with conn:
         while True:
             try:
@@ -294,11 +302,36 @@ def _point(handler: logging.StreamHandler[Any], stream: Any) -> None:
         console.file = stream
 
 
+#: The command being served (its connection, what the log calls it, its socket), for `announce_exit`.
+_serving: dict[str, Any] = {}
+
+
+def announce_exit(code: int) -> None:
+    """Before a served command ends the whole process (``os._exit`` after an interrupted run, which
+    must not wait for abandoned LM calls): give the client its exit status, and leave no socket
+    behind, so the next command runs in its own process and starts a fresh runner. Outside a
+    runner it does nothing."""
+    conn = _serving.get("conn")
+    if conn is None:
+        return
+    running = _serving.get("running")
+    if running is not None:
+        running.clear()  # the client leaving now is no Ctrl+C: nothing may interrupt the exit
+    with contextlib.suppress(OSError):
+        _send(conn, {"exit": code})
+    _note(f"served {_serving.get('shown')}: exit {code}; the runner ends with the interrupted run")
+    path: Path = _serving["path"]
+    with contextlib.suppress(OSError):
+        path.unlink()
+        (path.parent / "runner.pid").unlink()
+
+
 def _execute(conn: socket.socket, argv: list[str]) -> int:
     from deployments.cli import main as cli_main
 
     running = threading.Event()
     running.set()
+    _serving["running"] = running
 
     def listen() -> None:  # Ctrl+C at the client (or the client gone) stops the run
         with contextlib.suppress(OSError, ValueError):
@@ -469,9 +502,11 @@ def serve(idle_seconds: float) -> int:
                     continue  # the client is gone
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 started = time.monotonic()
+                _serving.update(conn=conn, shown=_shown(request), path=path)
                 try:
                     status = _execute(conn, list(request["argv"]))
                 finally:
+                    _serving.clear()
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _note(f"served {_shown(request)}: exit {status} in {time.monotonic() - started:.2f} s")
                 with contextlib.suppress(OSError):
@@ -498,4 +533,8 @@ def runner_alive(home: Path) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(serve(float(sys.argv[1])))
+    # Serve from the importable module, not from __main__: `announce_exit`, called by the CLI
+    # through `dspex.warm_runner`, must see the command this process is serving.
+    from dspex.warm_runner import serve as _serve
+
+    raise SystemExit(_serve(float(sys.argv[1])))
