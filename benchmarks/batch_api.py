@@ -115,6 +115,9 @@ def main() -> int:
             f"our overhead per round: {max(batch.io_ms) / 1000:.2f} s of I/O at most (target <= 2 s for 10,000 rows); "
             f"with the programs' own DSPy work: {max(r + i for r, i in zip(batch.replay_ms, batch.io_ms, strict=True)) / 1000:.2f} s"
         )
+        print(
+            f"each check's wall time (the worker-seconds of one scheduled run): {', '.join(f'{c:.1f}' for c in checks)} s"
+        )
         print(f"rows failed: {result.summary.failed}")
     return 0
 
