@@ -2,8 +2,9 @@
 
 A process killed outright (SIGKILL, an OOM kill, a closed laptop) runs no Prefect hook: its flow runs
 stay Running in the database forever (issue 25). So every pipeline run records its flow run ids
-(its own, and its parent's and root's when it is a subflow) with its process id in
-``<home>/runs/<flow run id>.json``; the next pipeline run started on this machine (``dspex run``,
+(its own, and its parent's and root's when it is a subflow) in its process's file
+``<home>/runs/<pid>-<start time>.json`` (the newest `KEEP_RUNS` of a long-lived process: a warm
+runner, a worker); the next pipeline run started on this machine (``dspex run``,
 ``run_pipeline``, a deployment on the same host) looks at those files first, and each one whose
 process is gone while its flow runs are still Pending/Running gets a Crashed state (message: the
 process id and that it died). Finished runs' files are simply removed.
@@ -19,17 +20,21 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from dspex.settings import Settings
 
-__all__ = ["mark_dead_runs_crashed", "process_alive", "record_run"]
+__all__ = ["KEEP_RUNS", "mark_dead_runs_crashed", "process_alive", "record_run"]
 
 logger = logging.getLogger("dspex.crashed")
 
 _FOLDER = "runs"
+#: Flow run ids a process's record keeps (the newest): older runs of a long-lived process have ended.
+KEEP_RUNS = 200
+_LOCK = threading.Lock()  # runs of one process record in parallel threads
 
 
 def _started(pid: int) -> str:
@@ -63,7 +68,7 @@ def _folder(settings: Settings) -> Path:
 
 
 def record_run(settings: Settings, run_ids: list[str]) -> Path | None:
-    """Record that this process runs the flow runs ``run_ids`` (the first is the file's name).
+    """Record that this process runs the flow runs ``run_ids`` (added to its process's file).
 
     Returns:
         The file written, or None when there was nothing to record or it could not be written.
@@ -72,24 +77,31 @@ def record_run(settings: Settings, run_ids: list[str]) -> Path | None:
     if not ids:
         return None
     folder = _folder(settings)
-    path = folder / f"{ids[0]}.json"
-    record = {
-        "pid": os.getpid(),
-        "started": _started(os.getpid()),
-        "host": socket.gethostname(),
-        "api": _api(),
-        "runs": ids,
-    }
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = folder / f".{uuid.uuid4().hex}.tmp"
-        # Owner-only like everything under the home (issue 25).
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, path)
-    except OSError as exc:
-        logger.warning("could not record flow run %s for crash detection: %s", ids[0], exc)
-        return None
+    pid = os.getpid()
+    started = _started(pid)
+    path = folder / f"{pid}-{started or 'x'}.json"
+    with _LOCK:
+        try:
+            known = json.loads(path.read_text()).get("runs") or []
+        except (OSError, ValueError, AttributeError):
+            known = []
+        record = {
+            "pid": pid,
+            "started": started,
+            "host": socket.gethostname(),
+            "api": _api(),
+            "runs": list(dict.fromkeys([*known, *ids]))[-KEEP_RUNS:],
+        }
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = folder / f".{uuid.uuid4().hex}.tmp"
+            # Owner-only like everything under the home (issue 25).
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                json.dump(record, handle)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("could not record flow run %s for crash detection: %s", ids[0], exc)
+            return None
     return path
 
 
@@ -133,7 +145,9 @@ def mark_dead_runs_crashed(settings: Settings) -> list[str]:
         with get_client(sync_client=True) as client:
             for path, record in dead:
                 ids = [uuid.UUID(i) for i in record.get("runs") or []]
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+                )
                 for run in runs:
                     if run.state is not None and not run.state.is_final():
                         message = f"its process (pid {record['pid']}) died without ending it"
