@@ -529,6 +529,11 @@ def runner_alive(home: Path) -> bool:
         os.kill(pid, 0)
     except (OSError, ValueError):
         return False
+    with contextlib.suppress(OSError, IndexError):
+        # A killed runner whose parent is gone can stay a zombie where nothing reaps orphans (a
+        # container's init): it still "exists" for kill(0) but will never answer; start another.
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return socket_path(home).exists()
 
 
