@@ -62,10 +62,14 @@ class FakePoolsClient:
             raise ObjectNotFound(http_exc=Exception(name))
         return self.pools[name]
 
-    def create_work_pool(self, create):
+    def create_work_pool(self, create):  # returns the new pool, as Prefect's client does
         self.pools[create.name] = SimpleNamespace(
-            name=create.name, type=create.type, concurrency_limit=create.concurrency_limit
+            id=f"id-{create.name}",
+            name=create.name,
+            type=create.type,
+            concurrency_limit=create.concurrency_limit,
         )
+        return self.pools[create.name]
 
     def update_work_pool(self, name, update):
         self.pools[name].concurrency_limit = update.concurrency_limit
@@ -81,6 +85,9 @@ def test_ensure_pools_creates_then_updates_idempotently():
     ]
     second = ensure_pools(get_settings(pool_gpu_capacity=1), "dspex", client=client)
     assert [r.action for r in second] == ["updated"] * 3 and client.pools["gpu"].concurrency_limit == 1
+    from flows.ownership import load_owned
+
+    assert load_owned().pools == {"id-general": "general", "id-optimizer": "optimizer", "id-gpu": "gpu"}
     with pytest.raises(ConfigurationError, match="cannot change"):
         ensure_pools(get_settings(), "process", client=client)
     with pytest.raises(ConfigurationError, match="unknown pool"):
