@@ -64,3 +64,13 @@ def test_estimate_shows_the_batch_cost_next_to_the_online_cost(provider, files):
     assert step["batch_wait_s"] is None and found["batch_window"] == "24h"
     table = runner.invoke(app, ["estimate", str(spec), str(data), "--sample-rows", "0"])
     assert table.exit_code == 0 and "batch API" in table.output, table.output
+
+
+def test_batch_waits_are_learned_apart_from_the_online_durations(provider, files, tmp_path):
+    spec, data = files
+    assert runner.invoke(app, ["run", str(spec), str(data), "--batch-api"]).exit_code == 0
+    result = runner.invoke(app, ["estimate", str(spec), str(data), "--sample-rows", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    (step,) = json.loads(result.stdout)["steps"]
+    assert step["batch_wait_s"] is not None and step["batch_wait_s"] >= 0  # learned from the batch run
+    assert step["duration_source"] == "static"  # no online latency was learned from it
