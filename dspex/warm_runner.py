@@ -12,7 +12,9 @@ A runner takes a command only when nothing could make it run differently from a 
 
 * the client's environment (but for the terminal's own variables) and working directory are those
   the runner started with, and the project's code has not changed since (the newest ``.py`` file
-  of its packages, and ``pyproject.toml``); a runner with older code exits;
+  of its packages, and ``pyproject.toml``); a runner with older code exits, and so does one
+  whose earlier commands imported a user's module (``pkg.mod:Program``) that has since been edited
+  (a fresh process imports the new code; the resume key hashes the file on disk);
 * it is not running another command (one at a time: the others run as usual, in their own process);
 * the shared server is still up, and neither a user's ``PREFECT_API_URL`` nor pytest is in play.
 
@@ -49,9 +51,11 @@ from typing import Any, TextIO
 __all__ = [
     "announce_exit",
     "code_stamp",
+    "edited_modules",
     "environment_stamp",
     "foreign_packages",
     "main",
+    "module_files",
     "peer_uid",
     "runner_alive",
     "serve",
@@ -145,6 +149,44 @@ def code_stamp(root: Path = _ROOT) -> str:
     with contextlib.suppress(OSError):
         newest = max(newest, (root / "pyproject.toml").stat().st_mtime_ns)
     return f"{newest}:{count}"
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Folders whose modules only change with the environment (the stdlib, site-packages)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+def module_files(modules: dict[str, Any] | None = None) -> dict[str, int]:
+    """``file -> mtime_ns`` of the imported modules that a user may edit (outside the stdlib and
+    site-packages): what a long-lived runner must not keep serving once changed."""
+    libraries = _library_roots()
+    files: dict[str, int] = {}
+    for module in list((sys.modules if modules is None else modules).values()):
+        origin = getattr(module, "__file__", None)
+        if not isinstance(origin, str) or not origin.endswith(".py"):
+            continue
+        real = os.path.realpath(origin)
+        if real.startswith(libraries):
+            continue
+        with contextlib.suppress(OSError):
+            files[real] = os.stat(real).st_mtime_ns
+    return files
+
+
+def edited_modules(seen: dict[str, int]) -> list[str]:
+    """The files of ``seen`` (from `module_files`) whose mtime changed or that are gone."""
+    edited: list[str] = []
+    for path, mtime in seen.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                edited.append(path)
+        except OSError:
+            edited.append(path)
+    return edited
 
 
 # --- the client (the `dspex` console script) -----------------------------------------------------
@@ -473,6 +515,7 @@ def serve(idle_seconds: float) -> int:
     listener.settimeout(1.0)
     (path.parent / "runner.pid").write_text(str(os.getpid()), encoding="utf-8")
     last = time.monotonic()
+    imported = module_files()  # as served so far: a user's edited module makes the runner stale
     _note(f"warm runner {os.getpid()} listening on {path}")
     try:
         while not stopping.is_set() and time.monotonic() - last < idle_seconds:
@@ -486,6 +529,9 @@ def serve(idle_seconds: float) -> int:
                 except (OSError, ValueError):
                     continue
                 reason = _refusal(request, env, code)
+                edited = edited_modules(imported) if reason is None else []
+                if edited:
+                    reason = f"the project's code changed ({len(edited)} imported file(s) edited, e.g. {edited[0]})"
                 if reason is None and server_status(settings) is None:
                     reason = "the shared server is not running"
                 if reason is not None:
@@ -509,6 +555,7 @@ def serve(idle_seconds: float) -> int:
                     _serving.clear()
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _note(f"served {_shown(request)}: exit {status} in {time.monotonic() - started:.2f} s")
+                imported = {**module_files(), **imported}  # new imports at their mtime now
                 with contextlib.suppress(OSError):
                     _send(conn, {"exit": status})
                 last = time.monotonic()

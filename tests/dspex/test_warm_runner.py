@@ -60,15 +60,23 @@ def test_commands_run_here_when_no_runner_can_take_them(tmp_path, monkeypatch):
 def test_a_warm_dspex_run_goes_through_the_runner_and_another_environment_does_not(tmp_path):
     home = tmp_path / ".dspex"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "PYTEST_CURRENT_TEST"}
+    lib = tmp_path / "lib" / "warmprog"
+    lib.mkdir(parents=True)
+    program = lib / "__init__.py"
+    program.write_text(_USER_PROGRAM.format(tag="v1"))
     env.update(
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path / "lib")]),
         DSPEX_HOME=str(home),
         DSPEX_SHARED_SERVER_PORT=str(free_port()),
         DSPEX_SHARED_SERVER_IDLE_SECONDS="120",
         DSPEX_RESUME="false",
+        DSPEX_TRUSTED_IMPORT_ROOTS='["warmprog"]',
     )
     (tmp_path / "spec.json").write_text(
         json.dumps({"name": "qa", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]})
+    )
+    (tmp_path / "user.json").write_text(
+        json.dumps({"name": "user", "steps": [{"module": "warmprog:Tagged"}]})
     )
     (tmp_path / "data.jsonl").write_text(
         "".join(json.dumps({"question": f"What is {i}?"}) + "\n" for i in range(10))
@@ -91,6 +99,7 @@ def test_a_warm_dspex_run_goes_through_the_runner_and_another_environment_does_n
 
     log = home / "server" / "runner.log"
     try:
+        dspex("registry", "register", "warmprog:Tagged")  # a user program, as a user adds one
         cold = dspex("run", "--stream", "spec.json", "data.jsonl")  # starts the server and the runner
         assert len(rows(cold)) == 10
         deadline = time.monotonic() + 120
@@ -114,24 +123,37 @@ def test_a_warm_dspex_run_goes_through_the_runner_and_another_environment_does_n
         )
         assert log.read_text().count("served ") == 1
 
+        # A user program the runner imported, then edited: the runner must not serve the old code.
+        first = dspex("run", "--stream", "user.json", "data.jsonl")
+        assert {r["answer"] for r in rows(first)} == {f"v1:What is {i}?" for i in range(10)}
+        assert log.read_text().count("served ") == 2
         pid = int((home / "server" / "runner.pid").read_text())
+        program.write_text(_USER_PROGRAM.format(tag="edited"))  # another size: no stale .pyc either
+        edited = dspex("run", "--stream", "user.json", "data.jsonl")
+        assert {r["answer"] for r in rows(edited)} == {f"edited:What is {i}?" for i in range(10)}
+        assert "imported file(s) edited" in log.read_text()
+        assert log.read_text().count("served ") == 2  # it ran in its own process
+        _wait_for(lambda: _gone(pid), 20, "the stale runner to exit")
+
         subprocess.run([*DSPEX, "server", "stop"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # `dspex server stop` stops the runner too
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the warm runner outlived `dspex server stop`")
-        assert not (home / "server" / "runner.sock").exists()
+        _wait_for(  # `dspex server stop` stops a runner started since, too
+            lambda: not (home / "server" / "runner.sock").exists(), 20, "the runner to stop with the server"
+        )
     finally:
         subprocess.run([*DSPEX, "server", "stop"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
         pid_file = home / "server" / "runner.pid"
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
+
+_USER_PROGRAM = """
+import dspy
+
+
+class Tagged(dspy.Module):
+    def forward(self, question: str) -> dspy.Prediction:
+        return dspy.Prediction(answer="{tag}:" + question)
+"""
 
 _PLANTED = "open({marker!r}, 'a').write('{name} imported from the working folder\\n')\n"
 
@@ -152,6 +174,14 @@ except OSError as exc:
     answer = ""
 print(json.dumps({"connect": "ok", "answer": answer}))
 """
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie no one reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
