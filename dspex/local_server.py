@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dspex.exceptions import ConfigurationError
+from dspex.private import make_private_dirs
 from dspex.settings import Settings, get_settings
 
 __all__ = [
@@ -79,7 +80,7 @@ def private_folder(folder: Path) -> Path:
     Raises:
         ConfigurationError: The folder belongs to another user (it could swap the files in it).
     """
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(folder)  # missing parents too (a new .dspex), whatever the umask
     info = folder.stat()
     if info.st_uid != os.getuid():
         raise ConfigurationError(

@@ -166,7 +166,7 @@ def run(
 
     from deployments.cli.output import load_spec_file, partial_ref_of, print_error, write_run_output
     from deployments.cli.stopped import report_stopped, usage_line
-    from dspex.exceptions import DSPexError, RunStoppedError
+    from dspex.exceptions import DSPexError, InputValidationError, RunStoppedError
     from dspex.redact import redact
     from flows import run_pipeline
     from flows.resume import reuse_note
@@ -176,6 +176,12 @@ def run(
         spec = load_spec_file(spec_file)  # errors name the file (issue 13)
         if stream:  # pipelined, rows to stdout as they complete (issue 15)
             from deployments.cli.stream import stream_rows
+
+            if batch_api:  # a batch round holds every row: nothing streams (never silently online)
+                raise InputValidationError(
+                    "--stream and --batch-api cannot be combined: a batch round holds every row "
+                    "until the provider answers; drop --stream to run in batch mode"
+                )
 
             stream_rows(spec, data, mode=mode, continue_on_error=continue_on_error)
             return

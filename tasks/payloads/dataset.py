@@ -149,6 +149,10 @@ class Dataset:
                 raise PayloadCorruptError(
                     f"line {number}: invalid JSON ({exc.msg} at column {exc.colno})", uri=str(path)
                 ) from exc
+            except RecursionError:  # a hostile row of nested brackets: a typed error, not a crash
+                raise PayloadFormatError(
+                    f"line {number}: JSON nested too deeply to be a row", uri=str(path)
+                ) from None
             if not isinstance(row, dict):
                 raise PayloadFormatError(
                     f"line {number}: expected a JSON object, found {type(row).__name__}", uri=str(path)

@@ -74,3 +74,12 @@ def test_batch_waits_are_learned_apart_from_the_online_durations(provider, files
     (step,) = json.loads(result.stdout)["steps"]
     assert step["batch_wait_s"] is not None and step["batch_wait_s"] >= 0  # learned from the batch run
     assert step["duration_source"] == "static"  # no online latency was learned from it
+
+
+def test_stream_with_batch_api_is_refused_before_anything_is_sent(provider, files):
+    spec, data = files
+    result = runner.invoke(app, ["run", str(spec), str(data), "--stream", "--batch-api"])
+    assert result.exit_code == 2, result.output
+    assert "--stream and --batch-api cannot be combined" in result.output
+    assert len(provider.batch.batches) == 0
+    assert provider.chat_requests == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dspex.local_server import server_dir, server_status, use_shared_server
+from dspex.local_server import private_folder, server_dir, server_status, use_shared_server
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +174,13 @@ def test_the_shared_server_answers_only_its_owner(tmp_path):
         for pid in (state["supervisor"], state["pid"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+
+def test_the_server_folder_and_a_new_home_above_it_are_owner_only_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        folder = private_folder(tmp_path / "project" / ".dspex" / "server")
+    finally:
+        os.umask(old)
+    for path in (folder, folder.parent):
+        assert oct(path.stat().st_mode & 0o777) == "0o700", path

@@ -97,6 +97,13 @@ def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
         Dataset.from_jsonl(str(path))
 
 
+def test_a_deeply_nested_jsonl_row_is_a_typed_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"question": "ok"}\n{"question": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(PayloadFormatError, match="line 2: JSON nested too deeply"):
+        Dataset.from_jsonl(str(path))
+
+
 def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1,2\n3,4\n5,6,7\n8,9\n", encoding="utf-8")
