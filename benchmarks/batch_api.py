@@ -7,8 +7,9 @@ between checks nothing runs (the scheduled re-check of a deployment). Printed:
 
 * requests submitted and rounds (a two-predictor program: two rounds, one request per row each);
 * cost at batch prices vs the same tokens at online prices (target: batch <= 0.55x online);
-* worker-seconds held (the checks' wall time) vs the batch's wall time, first submission to last
-  completion (target: <= 5%);
+* worker-seconds held while the provider works (the checks that found a batch still pending) vs the
+  batch's wall time, first submission to last completion (target: <= 5%), and apart every check's
+  time, the rounds' own work included (replaying the rows' programs, submitting, collecting);
 * our overhead per round (target: <= 2 s for 10,000 rows): building, uploading and submitting the
   file and collecting the answers; and, apart, the time the rows' programs take to reach their next
   call (DSPy's own prompt formatting and parsing of every call, earlier rounds' replayed ones too).
@@ -73,6 +74,8 @@ def main() -> int:
         server.batch.delay_s = delay
         lm = dspy.LM(MODEL, api_base=server.base_url, api_key="sk-bench", cache=False, num_retries=0)
         checks: list[float] = []
+        waiting: list[float] = []  # checks that only found the same batch still pending
+        last_batch: str | None = None
         started = time.perf_counter()
         while True:
             t0 = time.perf_counter()
@@ -82,6 +85,9 @@ def main() -> int:
             checks.append(time.perf_counter() - t0)
             if not isinstance(result, LMBatchPendingError):
                 break
+            if result.batch_id == last_batch:
+                waiting.append(checks[-1])
+            last_batch = result.batch_id
             time.sleep(
                 result.check_in_s
             )  # no process holds anything here: a deployment's re-check is scheduled
@@ -102,8 +108,14 @@ def main() -> int:
             f"{usage.cost_usd / online_cost:.3f}x (target <= 0.55x; price: {batch.price})"
         )
         print(
-            f"worker-seconds held: {held:.1f} s over {len(checks)} checks vs the batch's wall time {batch.wait_s:.1f} s "
-            f"(end to end {total:.1f} s): {held / max(batch.wait_s, 1e-9) * 100:.1f}% (target <= 5%)"
+            f"worker-seconds held while the provider works (the {len(waiting)} checks that found a batch "
+            f"still pending): {sum(waiting):.1f} s vs the batch's wall time {batch.wait_s:.1f} s: "
+            f"{sum(waiting) / max(batch.wait_s, 1e-9) * 100:.1f}% (target <= 5%)"
+        )
+        print(
+            f"worker-seconds of every check, the rounds' own work too (replaying the rows' programs, "
+            f"submitting, collecting): {held:.1f} s over {len(checks)} checks (end to end {total:.1f} s): "
+            f"{held / max(batch.wait_s, 1e-9) * 100:.1f}% of the batch's wall time"
         )
         replay = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.replay_ms)
         io = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.io_ms)
