@@ -60,7 +60,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def _step() -> Any:
-    from flows.spec import PipelineSpec
+    from flows.engine.spec import PipelineSpec
 
     spec = PipelineSpec.model_validate(
         {"name": "bench", "steps": [{"module": "dspy.Predict", "signature": "question -> answer"}]}
@@ -69,7 +69,7 @@ def _step() -> Any:
 
 
 def _decision(step: Any) -> Any:
-    from flows.router import RouteDecision
+    from flows.engine.router import RouteDecision
 
     return RouteDecision(
         step=step.name,
@@ -89,7 +89,7 @@ def _decision(step: Any) -> Any:
 
 def _ours(settings: Any, step: Any, pool: str = "general") -> tuple[float, float]:
     """One dispatch through the remote dispatcher to ``pool``: (round trip s, batch wall s)."""
-    from flows.distributed import remote_dispatcher
+    from flows.engine.distributed import remote_dispatcher
 
     dispatch = remote_dispatcher(settings)
     decision = _decision(step).model_copy(update={"pool": pool, "requested_pool": pool})
@@ -104,7 +104,7 @@ def _prefect_default(step: Any) -> tuple[float, float]:
     """One dispatch with plain ``run_deployment`` (default poll interval) to the process pool."""
     from prefect.deployments import run_deployment
 
-    from flows.step_runner import read_batch_result
+    from flows.engine.step_runner import read_batch_result
     from tasks.payloads import write_payload
 
     key = f"bench-prefect-{uuid.uuid4().hex}"
@@ -133,7 +133,7 @@ def _process_pool_and_deployment(api_url: str) -> None:
     from prefect.utilities.callables import parameter_schema
     from prefect.workers.process import ProcessWorker
 
-    from flows.step_runner import run_step
+    from flows.engine.step_runner import run_step
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(
@@ -149,7 +149,7 @@ def _process_pool_and_deployment(api_url: str) -> None:
             flow_id,
             "run-step-process",
             work_pool_name=PROCESS_POOL,
-            entrypoint="flows/step_runner.py:run_step",
+            entrypoint="flows/engine/step_runner.py:run_step",
             path=str(REPO),
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
             parameter_openapi_schema=parameter_schema(run_step).model_dump(),

@@ -139,7 +139,7 @@ def _load_average() -> str:
 def rate_limit(n: int, limit: float, latency: float, load_procs: int) -> None:
     from support.openai_server import openai_server
 
-    from flows import ratelimit
+    from flows.guards import ratelimit
 
     print(
         f"\n1. provider limit {limit:.0f} requests/s, {latency * 1000:.0f} ms latency, {n} rows, {os.cpu_count()} CPUs"
@@ -179,7 +179,7 @@ def rate_limit(n: int, limit: float, latency: float, load_procs: int) -> None:
 def outage(n: int) -> None:
     from support.openai_server import openai_server
 
-    from flows import circuit
+    from flows.guards import circuit
 
     print(f"\n2. outage: every request answers 500; {n} rows")
     with openai_server(responder=lambda messages: ANSWER) as server:
@@ -197,7 +197,7 @@ def outage(n: int) -> None:
 def rerun(n: int, after: int) -> None:
     from support.openai_server import openai_server
 
-    from flows import circuit
+    from flows.guards import circuit
 
     print(f"\n3. re-run after a failure: the provider goes down after {after} requests of a {n}-row run")
     lock = threading.Lock()

@@ -47,8 +47,8 @@ def main() -> int:
 
     import dspy
 
-    from flows.session_flows import session_turn
-    from flows.sessions import HISTORY_FIELD, open_session
+    from flows.sessions.session import HISTORY_FIELD, open_session
+    from flows.sessions.turns import session_turn
     from tasks.lm import build_lm
 
     lm = build_lm()

@@ -13,8 +13,8 @@ complete). Targets: the first pipelined row <= 10% of the barrier's total time; 
 
 Then the cold start (``--cold-start``): the wall time of a ``dspex run`` process with a 10-row spec
 until its first output row (``--stream``), cold (a fresh Prefect server per process, Prefect's
-default) and warm (the shared local server of `dspex.local_server` and its warm runner,
-`dspex.warm_runner`, already up); target warm <= 3 s.
+default) and warm (the shared local server of `deployments.local.server` and its warm runner,
+`deployments.local.warm_runner`, already up); target warm <= 3 s.
 
 Run: ``.venv/bin/python benchmarks/streaming.py`` (``--quick``: 600 rows; ``--cold-start`` adds the
 CLI measurement).
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DSPEX_HOME", tempfile.mkdtemp(prefix="dspex-bench-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DSPEX_POOL_GENERAL_CAPACITY", "128")
-# Each run computes every row: no reuse of batches an earlier run completed (flows/resume.py).
+# Each run computes every row: no reuse of batches an earlier run completed (flows/guards/resume.py).
 os.environ["DSPEX_RESUME"] = "false"
 
 import dspex.bootstrap  # noqa: F401,E402  (Prefect and LiteLLM environment before they load)
@@ -117,7 +117,7 @@ def cold_start_figures() -> tuple[float, float, float]:
         "".join(json.dumps({"question": f"What is item {i}?"}) + "\n" for i in range(10))
     )
     # `dspex` itself, from this checkout (the console script's entry point, run by this interpreter).
-    dspex = [sys.executable, "-c", "from dspex.warm_runner import main; main()"]
+    dspex = [sys.executable, "-c", "from deployments.console import main; main()"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DSPEX_", "PREFECT_"))}
     base["DSPEX_HOME"] = str(work / ".dspex")
     base["PYTHONPATH"] = str(ROOT)

@@ -41,7 +41,7 @@ __all__ = ["bench_spec", "devset", "main"]
 
 def bench_spec() -> Any:
     """Two variables, one module step: the reasoner and a word limit in its instructions."""
-    from flows.spec import PipelineSpec
+    from flows.engine.spec import PipelineSpec
 
     return PipelineSpec.model_validate(
         {

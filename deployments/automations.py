@@ -26,6 +26,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
+import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 from dspex.exceptions import ConfigurationError
 
 __all__ = ["AUTOMATION_NAMES", "AutomationResult", "build_automations", "ensure_automations"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 from dspex.documents import load_document
 from dspex.exceptions import ConfigurationError, SpecLimitError
 

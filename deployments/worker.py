@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import logging
 import os
 import signal
 import threading
@@ -46,12 +47,16 @@ import anyio
 import anyio.abc
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+import dspex.bootstrap  # noqa: F401  (DSPex's Prefect defaults; they reach a Prefect loaded first too)
+from deployments.database import SQLITE_WORKERS, server_database
 from dspex.exceptions import ConfigurationError
 from dspex.settings import Settings
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.flows import Flow
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DSPexJobConfiguration",
@@ -70,7 +75,13 @@ DEFAULT_QUERY_SECONDS = 0.5
 DEFAULT_HEARTBEAT_SECONDS = 5
 #: Flows a dspex worker imports as soon as it starts, so its first batch does not pay for importing
 #: DSPy and LiteLLM (seconds): the run-step flow every pool runs.
-PRELOAD_ENTRYPOINTS = ("flows/step_runner.py:run_step",)
+#: Flow modules that moved when ``flows/`` was laid out by concept (issue 22): deployments made
+#: before still name the old module, and a dspex worker runs them from the new one.
+MOVED_ENTRYPOINTS = {
+    "flows.step_runner": "flows.engine.step_runner",
+    "flows.session_flows": "flows.sessions.turns",
+}
+PRELOAD_ENTRYPOINTS = ("flows/engine/step_runner.py:run_step",)
 
 
 class DSPexJobConfiguration(BaseJobConfiguration):
@@ -88,8 +99,8 @@ class DSPexWorkerResult(BaseWorkerResult):
 def load_entrypoint(entrypoint: str) -> Flow[..., Any]:
     """Import the flow an entrypoint names, as a module import so module state is shared.
 
-    ``flows/step_runner.py:run_step`` and ``flows.step_runner:run_step`` both import
-    ``flows.step_runner`` (a path is turned into a module name), so the flow and its module's caches
+    ``flows/engine/step_runner.py:run_step`` and ``flows.engine.step_runner:run_step`` both import
+    ``flows.engine.step_runner`` (a path is turned into a module name), so the flow and its module's caches
     are the very objects the rest of the worker process uses.
 
     Raises:
@@ -104,6 +115,14 @@ def load_entrypoint(entrypoint: str) -> Flow[..., Any]:
         )
     if module_part.endswith(".py"):
         module_part = Path(module_part).with_suffix("").as_posix().strip("/").replace("/", ".")
+    if module_part in MOVED_ENTRYPOINTS:  # a deployment made before flows/ moved into subpackages
+        moved = MOVED_ENTRYPOINTS[module_part]
+        logger.warning(
+            "flow entrypoint %r names a module that moved to %s: run `dspex deploy` to update it",
+            entrypoint,
+            moved,
+        )
+        module_part = moved
     try:
         module = importlib.import_module(module_part)
         found = getattr(module, attr)
@@ -221,8 +240,6 @@ class DSPexWorker(BaseWorker[DSPexJobConfiguration, DSPexVariables, DSPexWorkerR
             await self._warn_if_sqlite()
 
     async def _warn_if_sqlite(self) -> None:
-        from deployments.pools import SQLITE_WORKERS, server_database
-
         try:
             answer = await self.client._client.get("/admin/settings")  # no public method in 3.8.8
             admin = answer.json() if answer.status_code == 200 else None
@@ -444,7 +461,7 @@ def worker_environment(
       worker noticed in seconds.
 
     ``DSPEX_MODE`` is left alone: an orchestrating flow (run-pipeline, rag-qa, ...) that a worker runs
-    decides its mode itself (`flows.modes`), and a run-step batch never dispatches again whatever the
+    decides its mode itself (`flows.engine.modes`), and a run-step batch never dispatches again whatever the
     mode (it runs on the worker's own pool executor).
 
     Args:

@@ -39,7 +39,7 @@ caller would reach for (``ValueError`` for bad input, ``LookupError`` for a miss
     ├── RunStoppedError (RuntimeError) ............... a run that stopped early; carries what was completed
     │   ├── RunInterruptedError ...................... SIGINT/SIGTERM: the flow run ends Cancelled
     │   └── BudgetExceededError ...................... the next batch would pass max_cost_usd
-    └── SessionError ................................. a stateful session (flows.sessions)
+    └── SessionError ................................. a stateful session (flows.sessions.session)
         ├── SessionNotFoundError (LookupError) ....... no session with that id
         ├── SessionExpiredError (LookupError) ........ its TTL passed, or it was closed
         ├── SessionBusyError (RuntimeError) .......... another turn held it past the wait limit
@@ -375,7 +375,7 @@ class DispatchError(DSPexError, RuntimeError):
 
 
 class LMBatchError(DSPexError, RuntimeError):
-    """A provider batch (``/v1/files`` + ``/v1/batches``, `flows.batch_mode`) that cannot go on: the
+    """A provider batch (``/v1/files`` + ``/v1/batches``, `flows.batch_api.mode`) that cannot go on: the
     provider refused an upload or a batch, or answered with something that is not a batch."""
 
     code = "lm_batch_error"
@@ -392,7 +392,7 @@ class LMBatchUnsupportedError(LMBatchError):
 
 class LMBatchPendingError(LMBatchError):
     """A submitted batch is not answered yet and this run does not wait for it (a deployment run): the
-    run records where it stopped and a scheduled re-check picks it up (`flows.batch_mode`).
+    run records where it stopped and a scheduled re-check picks it up (`flows.batch_api.mode`).
 
     Attributes:
         job: The batch job's id (its state under ``<payload_url>/lm_batches/<job>``).
@@ -496,7 +496,7 @@ class BudgetExceededError(RunStoppedError):
 
 
 class SessionError(DSPexError):
-    """A stateful session that cannot take a turn (`flows.sessions`).
+    """A stateful session that cannot take a turn (`flows.sessions.session`).
 
     Attributes:
         session_id: The session's id.

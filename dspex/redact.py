@@ -15,6 +15,9 @@ HTTP clients often print a URL's authority without its scheme (DSPy's transport 
 connect to alice:pw@127.0.0.1:8000``), so a bare ``user:password@host`` is masked too
 (``***@127.0.0.1:8000``), and a configured password is masked even when it appears alone.
 
+The shapes are found by `dspex.masking`, which reads no settings (so that `dspex.settings` can show
+itself masked); this module adds the values configured here (`known_secrets`) and the log hook.
+
 `redact` is idempotent and cheap on text without ``://``, ``=`` or a known secret (a few regex
 scans), so it can run on every log record (`install_log_redaction`).
 """
@@ -24,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+
+from dspex.masking import MASK, mask_data, mask_text, redact_url, url_secrets
+from dspex.settings import URL_SETTINGS, get_settings
 
 __all__ = [
     "MASK",
@@ -40,45 +44,6 @@ __all__ = [
     "redact_url",
     "url_secrets",
 ]
-
-#: What a secret is replaced with.
-MASK = "***"
-
-# A URL in free text: scheme://, then anything up to whitespace or a quote/bracket.
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-# Query or key=value parameters whose value is a credential.
-# The key must *end* with the secret word, so ``max_tokens=5`` or ``author=x`` stay readable.
-_SECRET_PARAM = re.compile(
-    r"(?i)(?P<key>\b[\w.\-]*?(?:api[_-]?key|apikey|access[_-]?key|secret|secret[_-]?key|token|password|"
-    r"passwd|pwd|signature|sig|credential|authorization|session[_-]?key))(?P<sep>=)(?P<value>[^\s&;,'\"<>]+)"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@]*)@")
-# ``user:password@host`` without a scheme (an authority as clients print it): the colon and the
-# ``@`` followed by a host make it a credential; ``git@host`` or ``a@b.c`` have no password part.
-_BARE_USERINFO = re.compile(r"(?<![\w.~%+\-:/@])[\w.~%+\-!$&()*;=,]+:[^\s/@:'\"<>`]+@(?=[\w\[])")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its userinfo and secret query values masked; anything else is left as is.
-
-    Args:
-        url: A URL (or any string; one that does not parse is returned through `redact`).
-    """
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return _mask_params(text)
-    if parts.query:
-        text = urlunsplit(parts._replace(query=_mask_params(parts.query)))
-    return text
-
-
-def _mask_params(text: str) -> str:
-    return _SECRET_PARAM.sub(
-        lambda m: m.group(0) if m["value"] == MASK else f"{m['key']}{m['sep']}{MASK}", text
-    )
 
 
 # Building the settings costs milliseconds, and `redact` runs on every log record: the secrets are
@@ -108,29 +73,13 @@ _SECRET_VARIABLES = (
     "PREFECT_API_DATABASE_PASSWORD",
     "PREFECT_SERVER_DATABASE_PASSWORD",
 )
-#: The DSPex settings that hold URLs (``data_roots`` is a list of them).
-_URL_SETTINGS = ("lm_api_base", "payload_url", "session_url", "data_roots")
-
-
-def url_secrets(url: str) -> list[str]:
-    """The credentials inside one URL's userinfo: ``user:password`` and the password, each raw and
-    percent-decoded (clients print either). A user name alone is no secret value (the URL shape
-    still masks it inside a URL)."""
-    match = _USERINFO.match(url.strip())
-    if match is None:
-        return []
-    userinfo = match["userinfo"]
-    _, colon, password = userinfo.partition(":")
-    if not colon or not password:
-        return []
-    return list(dict.fromkeys(v for value in (userinfo, password) for v in (value, unquote(value))))
 
 
 _WATCHED = (
     "DSPEX_LM_API_KEY_ENV",
     "DSPEX_LM_API_KEY",
     "OPENAI_API_KEY",
-    *(f"DSPEX_{name.upper()}" for name in _URL_SETTINGS),
+    *(f"DSPEX_{name.upper()}" for name in URL_SETTINGS),
     *_URL_VARIABLES,
     *_SECRET_VARIABLES,
 )
@@ -182,18 +131,10 @@ def known_secrets() -> list[str]:
     found: list[str] = []
     urls: list[str] = [os.environ.get(name, "") for name in _URL_VARIABLES]
     try:
-        from dspex.settings import get_settings
-
-        settings = get_settings()
-        if settings.lm_api_key is not None:
-            found.append(settings.lm_api_key.get_secret_value())
-        found.append(os.environ.get(settings.lm_api_key_env, ""))
-        for name in _URL_SETTINGS:
-            value = getattr(settings, name)
-            urls.extend(value if isinstance(value, list) else [value or ""])
+        found.extend(get_settings().secret_values())
     except Exception:  # broken settings must not stop an error from being shown
         found.append(os.environ.get("OPENAI_API_KEY", ""))
-        urls.extend(os.environ.get(f"DSPEX_{name.upper()}", "") for name in _URL_SETTINGS)
+        urls.extend(os.environ.get(f"DSPEX_{name.upper()}", "") for name in URL_SETTINGS)
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name, "")
         found.extend([value, value.partition(":")[2]])
@@ -215,20 +156,7 @@ def redact(text: Any, secrets: Iterable[str] | None = None) -> str:
     Returns:
         The masked text; text without secrets comes back unchanged.
     """
-    value = text if isinstance(text, str) else str(text)
-    for secret in known_secrets() if secrets is None else [s for s in secrets if s]:
-        if secret in value:
-            value = value.replace(secret, MASK)
-    if "://" in value:
-        value = _URL.sub(lambda m: redact_url(m.group(0)), value)
-    if "@" in value:
-        value = _BARE_USERINFO.sub(f"{MASK}@", value)
-    if "=" in value:
-        value = _mask_params(value)
-    lowered = value.lower()
-    if "bearer" in lowered or "basic" in lowered:  # a cheap check before the regex
-        value = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", value)
-    return value
+    return mask_text(text, known_secrets() if secrets is None else secrets)
 
 
 def redact_data(value: Any) -> Any:
@@ -236,13 +164,7 @@ def redact_data(value: Any) -> Any:
 
     For what is stored as data rather than text: flow-run parameters, event payloads.
     """
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: redact_data(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_data(item) for item in value]
-    return value
+    return mask_data(value, known_secrets())
 
 
 def redact_exception(error: BaseException) -> BaseException:

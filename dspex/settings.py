@@ -7,20 +7,25 @@ variables) is always seen; it is cheap (tens of microseconds), but hot paths sho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dspex.masking import mask_data, redact_url, url_secrets
 from dspex.project import HOME_NAME, find_project_root
 
-__all__ = ["OFFLINE_LM_MODEL", "Mode", "Settings", "get_settings"]
+__all__ = ["OFFLINE_LM_MODEL", "URL_SETTINGS", "Mode", "Settings", "get_settings"]
 
 Mode = Literal["local", "distributed"]
 
 #: The model name of the bundled offline LM (extractive, deterministic, no network).
 OFFLINE_LM_MODEL = "dspex/offline-extractive"
+
+#: The settings that hold URLs, which may carry a password (``data_roots`` is a list of them).
+URL_SETTINGS = ("lm_api_base", "payload_url", "session_url", "data_roots")
 
 
 class Settings(BaseSettings):
@@ -231,7 +236,7 @@ class Settings(BaseSettings):
         "dspy.Evaluate's max_errors, whose default is also 10); a spec's max_errors overrides it (issue 24).",
     )
 
-    # --- provider batch APIs (issue 21, flows.batch_mode) --------------------------------------
+    # --- provider batch APIs (issue 21, flows.batch_api.mode) --------------------------------------
     lm_batch_api: bool = Field(
         default=False,
         description="Run module steps through the provider's batch API (/v1/files + /v1/batches): "
@@ -398,8 +403,8 @@ class Settings(BaseSettings):
     )
     warm_runner: bool = Field(
         default=True,
-        description="With the shared server, also keep a warm runner (dspex.warm_runner) that has Prefect "
-        "and DSPy imported, and hand `dspex run` to it when nothing could make it run differently (same "
+        description="With the shared server, also keep a warm runner (deployments.local.warm_runner) "
+        "that has Prefect and DSPy imported, and hand `dspex run` to it when nothing could make it run differently (same "
         "environment, folder and code): the first row in about a second instead of the imports' ~4 s.",
     )
     shared_server_idle_seconds: float = Field(
@@ -451,16 +456,27 @@ class Settings(BaseSettings):
         }
         return capacities[pool]
 
+    def secret_values(self) -> list[str]:
+        """The secret values these settings hold or name, longest first: the LM API key (set here or
+        in the variable ``lm_api_key_env`` names) and the credentials inside each URL setting
+        (`dspex.masking.url_secrets`). Values shorter than 6 characters are left out (masking them
+        would mangle ordinary words)."""
+        found = [os.environ.get(self.lm_api_key_env, "")]
+        if self.lm_api_key is not None:
+            found.insert(0, self.lm_api_key.get_secret_value())
+        for name in URL_SETTINGS:
+            value = getattr(self, name)
+            for url in value if isinstance(value, list) else [value or ""]:
+                found.extend(url_secrets(url))
+        return sorted((s for s in dict.fromkeys(found) if len(s) >= 6), key=len, reverse=True)
+
     def __repr_args__(self) -> Any:
         # repr() and str() (a traceback's locals, a debug print) mask URL credentials too (issue 20).
-        from dspex.redact import redact_data
-
-        return [(name, redact_data(value)) for name, value in super().__repr_args__()]
+        secrets = self.secret_values()
+        return [(name, mask_data(value, secrets)) for name, value in super().__repr_args__()]
 
     def masked(self) -> dict[str, Any]:
         """The effective values, JSON-able, with every secret masked."""
-        from dspex.redact import redact_url
-
         values = self.model_dump(mode="json")
 
         # URLs may carry credentials (http://user:pw@host, s3://KEY:SECRET@bucket): mask them too.

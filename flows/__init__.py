@@ -7,16 +7,16 @@ executes in distributed mode.
 
 import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 from flows.batch_predict import BatchPredictResult, batch_predict
+from flows.engine.modes import RunMode
+from flows.engine.params import LMConfig
+from flows.engine.spec import PipelineSpec, resolve_spec
 from flows.evaluate import EvaluateResult, evaluate_program
-from flows.modes import RunMode
 from flows.optimize import OptimizeResult, optimize_program
-from flows.params import LMConfig
 from flows.pipeline import PipelineResult, PipelineSummary, run_pipeline
 from flows.rag import RagResult, rag_qa
-from flows.spec import PipelineSpec
-from flows.streaming import PipelineStream, stream_pipeline
+from flows.stream import PipelineStream, stream_pipeline
 from flows.tune import TuneResult, tune_pipeline
-from flows.variables import Variable, resolve_spec
+from flows.tuning.variables import Variable
 
 __all__ = [
     "BatchPredictResult",

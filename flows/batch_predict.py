@@ -17,11 +17,11 @@ from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
 
 from dspex.exceptions import InputValidationError, LMBatchPendingError
-from flows.batch_mode import deployment_run, schedule_recheck
-from flows.modes import RunMode
-from flows.params import LMParam, safe_flow
+from flows.batch_api.mode import deployment_run, schedule_recheck
+from flows.engine.modes import RunMode
+from flows.engine.params import LMParam, safe_flow
+from flows.engine.spec import PipelineSpec
 from flows.pipeline import PipelineResult, run_pipeline
-from flows.spec import PipelineSpec
 from tasks.payloads import Dataset, PayloadRef
 
 __all__ = ["DEMO_DATASET", "BatchPredictResult", "batch_predict", "open_dataset"]
@@ -80,10 +80,10 @@ def batch_predict(
         dataset: A JSONL/CSV/Parquet path or fsspec URL, or a `PayloadRef`; ``"demo"`` (the
             default): the bundled questions.
         chunk_rows: Rows per chunk (one `run_pipeline` subflow each).
-        mode: ``auto`` (default; decided per chunk, `flows.modes`), ``local`` or ``distributed``.
+        mode: ``auto`` (default; decided per chunk, `flows.engine.modes`), ``local`` or ``distributed``.
         lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
         batch_api: Send the module steps' LM calls through the provider's batch API (about half the
-            price; `flows.batch_mode`); default: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API``.
+            price; `flows.batch_api.mode`); default: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API``.
             In a deployment run, no worker is held while the provider works: every chunk submits its
             batch, the run ends ``AwaitingBatch``, and a scheduled re-check of this deployment with
             the same parameters picks up where it stopped.

@@ -1,116 +1,36 @@
-"""Expected duration, tokens and cost of a pipeline before it runs, and the learning behind them.
+"""Expected duration, tokens and cost of a pipeline before it runs (``dspex estimate``).
 
-After each routed step the engine calls `learn_usage`: every finished batch adds one per-row sample
-of prompt tokens, completion tokens and cost to the registry (`registry.record_tokens`, keyed by
-module and LM model), the way batch latencies feed the duration estimates.
+The figures are the ones runs taught (`flows.engine.learning`: per-row tokens and cost by module and
+LM model, learned batch latencies and provider batch waits).
 
 `estimate_pipeline` answers ``dspex estimate``: for each module or retrieve step, the router's own
 decision (pool, batches, estimated duration, static or learned) and the learned tokens and cost
 per row times the rows. A step with no learned figures yet is estimated from a *sample*: the first
 ``sample_rows`` rows run through the pipeline for real (a short, paid run whose usage is learned
-like any other), then the figures are read again. `prior_cost_per_row` gives a budget its first
-expected cost per row.
+like any other), then the figures are read again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dspex.settings import Settings
-from tasks.batch import BatchResult
+from flows.batch_api.estimates import expected_batch_wait
+from flows.engine.learning import lm_model, routed_steps
+from flows.engine.router import registry_name, route_step
+from flows.pipeline import run_pipeline
+from tasks.lm.batch_pricing import batch_rates
 
 __all__ = [
     "PipelineEstimate",
     "StepEstimate",
     "estimate_pipeline",
-    "expected_usage",
-    "learn_usage",
-    "lm_model",
-    "prior_cost_per_row",
 ]
 
 logger = logging.getLogger("dspex.estimate")
-
-
-def lm_model(lm: Any, settings: Settings | None = None) -> str:
-    """The model name usage is learned under: the LM's, else the settings'."""
-    model = getattr(lm, "model", None)
-    if isinstance(model, str) and model:
-        return model
-    return settings.lm_model if settings is not None else type(lm).__name__
-
-
-def learn_usage(module: str, model: str, results: Iterable[BatchResult | BaseException]) -> int:
-    """Record each finished batch's per-row tokens and cost in the registry; returns samples recorded.
-
-    Rows that were reused or not attempted cost nothing and are not counted.
-
-    Args:
-        module: The registry name of the step's module.
-        model: The LM model the step called.
-        results: The step's batch results (exceptions are skipped).
-    """
-    import registry
-
-    recorded = 0
-    for result in results:
-        if not isinstance(result, BatchResult) or not result.usage.requests:
-            continue
-        ran = len(result.errors) - result.not_attempted - result.reused
-        if ran <= 0:
-            continue
-        usage = result.usage
-        cost = usage.cost_usd / ran if usage.cost_usd is not None and usage.cost_known else None
-        registry.record_tokens(
-            module,
-            model,
-            prompt_tokens=usage.prompt_tokens / ran,
-            completion_tokens=usage.completion_tokens / ran,
-            cost_usd=cost,
-        )
-        recorded += 1
-    return recorded
-
-
-def expected_usage(module: str, model: str, rows: int) -> tuple[float | None, float | None]:
-    """Tokens (prompt + completion) and cost that ``rows`` rows of ``module`` on ``model`` are expected
-    to take, from the learned figures; (None, None) when none are learned (cost None when unpriced)."""
-    import registry
-
-    try:
-        learned = registry.token_estimate(module, model)
-    except Exception:  # an unknown module has no figures; an estimate must never fail a run
-        return None, None
-    if learned is None:
-        return None, None
-    tokens = round((learned.prompt_tokens + learned.completion_tokens) * rows, 1)
-    return tokens, None if learned.cost_usd is None else learned.cost_usd * rows
-
-
-def _routed(steps: list[Any]) -> list[Any]:
-    from flows.spec import iter_steps
-
-    return [s for s in iter_steps(steps) if s.kind in ("module", "retrieve")]
-
-
-def prior_cost_per_row(spec: Any, model: str) -> float | None:
-    """The learned cost of one row through every module step of ``spec`` (None when any is unknown)."""
-    import registry
-    from flows.router import registry_name
-
-    total = 0.0
-    for step in _routed(spec.steps):
-        if step.kind != "module":
-            continue
-        learned = registry.token_estimate(registry_name(step), model)
-        if learned is None or learned.cost_usd is None:
-            return None
-        total += learned.cost_usd
-    return total
 
 
 class StepEstimate(BaseModel):
@@ -163,10 +83,9 @@ def _step_estimates(
     spec: Any, rows: int, settings: Settings, model: str, sampled: bool
 ) -> list[StepEstimate]:
     import registry
-    from flows.router import registry_name, route_step
 
     estimates = []
-    for step in _routed(spec.steps):
+    for step in routed_steps(spec.steps):
         decision = route_step(step, max(rows, 1), settings, lambda pool: (True, "estimate"))
         module = registry_name(step)
         prompt = completion = cost = None
@@ -205,8 +124,6 @@ def _batch_figures(
     step: Any, module: str, model: str, prompt: float | None, completion: float | None, settings: Settings
 ) -> dict[str, float | None]:
     """The step's expected cost and wait in batch mode (issue 21)."""
-    from flows.batch_estimates import expected_batch_wait
-    from tasks.lm.batch_pricing import batch_rates
 
     if step.kind == "retrieve":
         return {"batch_cost_usd": 0.0, "batch_wait_s": None}
@@ -242,8 +159,6 @@ def estimate_pipeline(
     steps = _step_estimates(spec, len(rows), settings, model, sampled=False)
     sampled = 0
     if sample_rows > 0 and rows and any(s.usage_source == "unknown" for s in steps):
-        from flows.pipeline import run_pipeline
-
         sample = [dict(row) for row in rows[:sample_rows]]
         logger.info("no learned usage for some steps: running a sample of %d row(s) to learn it", len(sample))
         run_pipeline(spec, data=sample, lm=lm, mode="local", continue_on_error=True)

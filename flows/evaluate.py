@@ -18,7 +18,6 @@ the offline LM scores what the demo scores.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, cast
 from uuid import UUID
@@ -30,10 +29,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
-from flows.params import LMParam, resolve_lm, safe_flow
+from flows.engine.params import LMParam, resolve_lm, safe_flow
+from flows.engine.pools import LocalPool, get_local_pool
+from flows.engine.spec import ModuleStep, PipelineSpec, RetrieveStep
 from flows.pipeline import load_rows
-from flows.pools import LocalPool, get_local_pool
-from flows.spec import ModuleStep, PipelineSpec, RetrieveStep
+from flows.telemetry.artifacts import artifact_key
 from tasks.evaluate import (
     MetricSummary,
     ProgressCounter,
@@ -51,7 +51,6 @@ __all__ = [
     "DEMO_PASSAGES",
     "EvaluateResult",
     "ProgressArtifact",
-    "artifact_key",
     "demo_rows",
     "evaluate_program",
     "load_examples_rows",
@@ -143,11 +142,6 @@ class EvaluateResult(BaseModel):
         return read_rows(self.results)
 
 
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
-
-
 def validate_program(program: ModuleStep | dict[str, Any]) -> ModuleStep:
     """Check a program step the way a pipeline spec checks its steps (registry, signature, mapping).
 
@@ -174,7 +168,7 @@ def pick_pool(name: str, settings: Settings) -> LocalPool:
     Raises:
         PoolUnavailableError: It cannot take work and ``DSPEX_FALLBACK_POLICY`` is ``fail``.
     """
-    from flows.router import fallback_pool
+    from flows.engine.router import fallback_pool
 
     pool = get_local_pool(name, settings)
     ok, reason = pool.availability()

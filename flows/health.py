@@ -1,6 +1,6 @@
 """The ``health`` flow: run the health checks on a schedule and emit ``dspex.health.failed``.
 
-Deployed from ``prefect.yaml`` with an interval schedule, it turns `deployments.health.check_health`
+Deployed from ``prefect.yaml`` with an interval schedule, it turns `tasks.health.check_health`
 into something an automation can act on: when a check fails the flow emits ``dspex.health.failed``
 (naming the failed checks) and ends Failed, so the UI shows red and a notification can follow.
 """
@@ -12,7 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed
 
-from flows import events
+from flows.telemetry import events
+from tasks.health import check_health
 
 __all__ = ["health"]
 
@@ -27,8 +28,6 @@ def health(no_lm: bool = False) -> Any:
     Returns:
         A Completed state holding the report, or a Failed one naming the failed checks.
     """
-    from deployments.health import check_health
-
     logger = get_run_logger()
     report = check_health(no_lm=no_lm)
     for check in report.checks:

@@ -34,16 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from dspex.settings import get_settings
-from flows.evaluate import (
-    DEFAULT_PROGRAM,
-    ProgressArtifact,
-    artifact_key,
-    load_examples_rows,
-    pick_pool,
-    validate_program,
-)
-from flows.params import LMParam, resolve_lm, safe_flow
-from flows.spec import ModuleStep
+from flows.engine.params import LMParam, resolve_lm, safe_flow
+from flows.engine.spec import ModuleStep
+from flows.evaluate import DEFAULT_PROGRAM, ProgressArtifact, load_examples_rows, pick_pool, validate_program
+from flows.telemetry.artifacts import artifact_key
 from tasks.evaluate import (
     ProgressCounter,
     input_keys_for,

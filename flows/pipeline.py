@@ -26,19 +26,24 @@ from dspex.exceptions import (
     StepExecutionError,
 )
 from dspex.settings import Mode, get_settings
-from flows import events, run_control
-from flows.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
-from flows.batch_mode import awaiting_batch, batch_mode_for, preflight
-from flows.engine import ERROR_FIELD, EngineContext, StepRecord, check_pools, run_steps
-from flows.interrupts import handle_signals
-from flows.metrics import RunMetrics, build_metrics, collect
-from flows.modes import RunMode, needed_pools, resolve_mode
-from flows.params import LMParam, resolve_lm, safe_flow
-from flows.resume import reuse_note
-from flows.safekeeping import keep_partial, prepare_input_rows, row_number, store_output
-from flows.spec import ModuleStep, PipelineSpec, check_overwrites
+from flows.batch_api.mode import awaiting_batch, batch_mode_for, preflight
+from flows.engine import run_control
+from flows.engine.context import EngineContext, StepRecord
+from flows.engine.core import check_pools, run_steps
+from flows.engine.executors import RemoteExecutor
+from flows.engine.modes import RunMode, needed_pools, resolve_mode
+from flows.engine.params import LMParam, resolve_lm, safe_flow
+from flows.engine.spec import ModuleStep, PipelineSpec, check_overwrites
+from flows.engine.streaming import run_pipelined
+from flows.guards.interrupts import handle_signals
+from flows.guards.resume import reuse_note
+from flows.guards.safekeeping import keep_partial, prepare_input_rows, row_number, store_output
+from flows.telemetry import events
+from flows.telemetry.artifacts import progress_reporter, write_duration_artifact, write_summary_artifact
+from flows.telemetry.metrics import RunMetrics, build_metrics, collect
 from tasks import tracing
 from tasks.payloads import PayloadRef, read_rows
+from tasks.rows import ERROR_FIELD
 from tasks.usage import Usage
 
 __all__ = ["PipelineResult", "PipelineSummary", "RowFailure", "load_rows", "run_pipeline"]
@@ -211,16 +216,16 @@ def run_pipeline(
             LM from Python callers in local mode; default: the settings' LM. Never stored with a key.
             In distributed mode each worker builds its LM from its own settings.
         mode: ``auto`` (default: dispatch to the pools when they have live run-step workers, else
-            run here; `flows.modes`), ``local`` or ``distributed``.
+            run here; `flows.engine.modes`), ``local`` or ``distributed``.
         continue_on_error: Override the spec's ``continue_on_error``. True here (as
             ``--continue-on-error``) means no failure budget unless ``max_errors`` is given.
-        resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``, on; `flows.resume`).
+        resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``, on; `flows.guards.resume`).
         max_cost_usd: Stop dispatching before the projected LM cost passes this many USD (default
-            ``DSPEX_MAX_COST_USD``); completed rows are kept (`flows.budget`).
+            ``DSPEX_MAX_COST_USD``); completed rows are kept (`flows.guards.budget`).
         pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
-            batch holds back only its own rows (`flows.streaming`); the output order is the same.
+            batch holds back only its own rows (`flows.engine.streaming`); the output order is the same.
         chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
-        lm_batch: Send module steps' LM calls through the provider's batch API (`flows.batch_mode`);
+        lm_batch: Send module steps' LM calls through the provider's batch API (`flows.batch_api.mode`);
             None: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API`` (off).
         lm_batch_wait: How a batch-mode run waits for the provider: ``poll`` here, ``exit`` (the run
             ends ``AwaitingBatch`` and a scheduled re-check resumes it), ``auto``: ``exit`` in a
@@ -275,8 +280,6 @@ def run_pipeline(
     if ctx.batch_mode is not None and pipelined:
         raise InputValidationError("lm_batch and pipelined cannot be combined: a batch round holds every row")
     if settings.mode == "distributed":
-        from flows.executors import RemoteExecutor
-
         ctx.executor = RemoteExecutor(settings, stop=ctx.stopping, store=ctx.resume)
     check_pools(spec.steps, ctx)
     if ctx.batch_mode is not None:  # an LM or provider without a batch API: a typed error, nothing sent
@@ -291,8 +294,6 @@ def run_pipeline(
             handle_signals(ctx.halt),  # SIGINT/SIGTERM: stop dispatching, let running rows finish (issue 12)
         ):
             if pipelined:
-                from flows.streaming import run_pipelined
-
                 run_pipelined(spec.steps, rows, ctx, chunk_rows=chunk_rows)
             else:
                 run_steps(spec.steps, rows, ctx)

@@ -13,10 +13,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict
 
-from flows.modes import RunMode
-from flows.params import LMParam, safe_flow
+from flows.engine.modes import RunMode
+from flows.engine.params import LMParam, safe_flow
+from flows.engine.spec import PipelineSpec
 from flows.pipeline import PipelineResult, run_pipeline
-from flows.spec import PipelineSpec
 
 __all__ = ["RagResult", "rag_qa", "rag_spec"]
 
@@ -88,7 +88,7 @@ def rag_qa(
         limit: Only the first ``limit`` questions.
         module: The answering module (``dspy.ChainOfThought`` or ``dspy.Predict``).
         mode: ``auto`` (dispatch retrieval to gpu and answering to general when their workers are
-            live, else run here), ``local`` or ``distributed`` (`flows.modes`).
+            live, else run here), ``local`` or ``distributed`` (`flows.engine.modes`).
         lm: The LM (an `LMConfig`, or a live DSPy LM from Python); default: the settings' LM.
     """
     logger = get_run_logger()

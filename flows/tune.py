@@ -1,6 +1,6 @@
 """The ``tune`` flow: search a spec's variables with Optuna against a metric on a dev set.
 
-Each trial resolves the spec with the values Optuna proposes (`flows.variables.resolve_spec`, so
+Each trial resolves the spec with the values Optuna proposes (`flows.engine.spec.resolve_spec`, so
 every trial is checked before it runs) and evaluates it as ordinary ``run-pipeline`` subflow runs:
 its batches route to their pools as usual, locally or to the workers of a distributed deployment
 (``concurrency`` trials at a time fan out there). Trials are evaluated in **rungs** of rows: after
@@ -33,23 +33,30 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic.json_schema import SkipJsonSchema
 
 from dspex.exceptions import InputValidationError, VariableError
-from flows.modes import RunMode
-from flows.params import LMParam, safe_flow
+from flows.engine.modes import RunMode
+from flows.engine.params import LMParam, safe_flow
+from flows.engine.spec import PipelineSpec, resolve_spec
+from flows.optimize import optimize_program
 from flows.pipeline import load_rows, run_pipeline
-from flows.spec import PipelineSpec
-from flows.tune_results import (
+from flows.tuning.trials import (
     Objective,
     TrialRecord,
     TuneOptimize,
     TuneResult,
-    chain_optimizer,
     optimize_target,
     write_tune_artifacts,
 )
-from flows.variables import Variable, resolve_spec
+from flows.tuning.variables import Variable
 from tasks.payloads import PayloadRef, write_payload
 
-__all__ = ["TrialRecord", "TuneOptimize", "TuneResult", "default_tune_spec", "tune_pipeline"]
+__all__ = [
+    "TrialRecord",
+    "TuneOptimize",
+    "TuneResult",
+    "chain_optimizer",
+    "default_tune_spec",
+    "tune_pipeline",
+]
 
 
 def default_tune_spec() -> PipelineSpec:
@@ -418,3 +425,66 @@ def _finish(
         trials_per_minute=round(len(records) / elapsed * 60, 2) if elapsed > 0 else 0.0,
         optimized=optimized,
     )
+
+
+def chain_optimizer(
+    best_spec: PipelineSpec,
+    optimize: TuneOptimize,
+    produced: list[dict[str, Any]],
+    metric: str,
+    gold: str,
+    prediction: str,
+    lm: Any,
+) -> tuple[PipelineSpec, dict[str, Any]]:
+    """Compile the named step on the dev rows the best trial produced (its inputs as the pipeline
+    computed them, the gold answer as the label); return the spec with the compiled state."""
+    step = optimize_target(best_spec, optimize.step)
+    spec_inputs = step.signature_spec()
+    names = list(spec_inputs.input_names) if spec_inputs is not None else list(step.inputs)
+    label = next(iter(spec_inputs.output_names), prediction) if spec_inputs is not None else prediction
+    train = []
+    for row in produced:
+        if "_error" in row:
+            continue
+        gold_value = row.get(gold)
+        if isinstance(gold_value, list):
+            gold_value = gold_value[0] if gold_value else None
+        if gold_value is None:
+            continue
+        example = {name: row.get(step.inputs.get(name, name)) for name in names}
+        train.append({**example, label: gold_value})
+    result = optimize_program(
+        program=step,
+        trainset=train,
+        optimizer=optimize.optimizer,
+        metric=metric if metric in ("exact_match", "f1") else "exact_match",
+        options=optimize.options or None,
+        compile_options=optimize.compile_options or None,
+        lm=lm,
+    )
+    compiled = best_spec.model_dump(mode="json")
+    _set_state(compiled["steps"], optimize.step, result.state_uri)
+    new_spec = PipelineSpec.model_validate(compiled)
+    return new_spec, {
+        "step": optimize.step,
+        "optimizer": result.optimizer,
+        "state_uri": result.state_uri,
+        "score_before": result.score_before,
+        "score_after": result.score_after,
+        "trainset_size": result.trainset_size,
+    }
+
+
+def _set_state(steps: list[dict[str, Any]], name: str, state: str) -> bool:
+    for step in steps:
+        if step.get("name") == name:
+            step["state"] = state
+            return True
+        for key in ("then", "otherwise", "steps"):
+            if isinstance(step.get(key), list) and _set_state(step[key], name, state):
+                return True
+        if isinstance(step.get("parallel"), dict):
+            for branch in step["parallel"].values():
+                if _set_state(branch, name, state):
+                    return True
+    return False

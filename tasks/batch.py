@@ -1,7 +1,7 @@
 """Run one DSPy module over one batch of rows: the unit of work a pool executes.
 
 `execute_module_batch` is a plain function (unit-testable without Prefect). The batch executors
-(`flows.executors`) call it, in local mode and on a worker alike, with the pool's ``submit``, a
+(`flows.engine.executors`) call it, in local mode and on a worker alike, with the pool's ``submit``, a
 `RowGuard` (the endpoint's circuit breaker and rate limiter) and the `tasks.retry.RetryPolicy`.
 
 Within a batch, rows run concurrently on the pool's executor, each inside ``dspy.context(lm=...)``
@@ -299,7 +299,7 @@ def execute_module_batch(
     """Run ``step``'s module over ``rows``.
 
     Args:
-        step: The `flows.spec.ModuleStep`.
+        step: The `flows.engine.spec.ModuleStep`.
         rows: The batch's rows.
         lm: The DSPy LM to use (None: DSPy's configured LM); its own retries are turned off.
         submit: Runs a callable on the pool (``LocalPool.submit`` or an executor's ``submit``).

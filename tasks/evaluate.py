@@ -3,7 +3,7 @@
 The pieces the ``evaluate`` and ``optimize`` flows share live here, as plain functions testable
 without Prefect:
 
-* `load_program`: a *fresh* module for a `flows.spec.ModuleStep`, with its saved JSON state
+* `load_program`: a *fresh* module for a `flows.engine.spec.ModuleStep`, with its saved JSON state
   (``step.state``: a JSON file path/URL, or a `PayloadRef`'s JSON) loaded, for DSPy's own modules
   as well as user programs;
 * `resolve_metric`: a metric named natively (``exact_match``, ``f1``, ``passage_match``) or by a
@@ -134,7 +134,7 @@ def load_program(step: Any) -> Module:
     loading state into it would change every other user's module, so this deep-copies it first.
 
     Args:
-        step: A `flows.spec.ModuleStep`.
+        step: A `flows.engine.spec.ModuleStep`.
 
     Raises:
         PipelineSpecError: The module cannot be built, or its state cannot be read or does not fit.

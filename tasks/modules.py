@@ -200,7 +200,7 @@ def program_input_names(step: Any) -> list[str]:
 def program_identity(step: Any) -> dict[str, Any]:
     """What a step's answers depend on beyond its spec: the code and saved state it runs (issue 24).
 
-    Part of the resume key (`flows.resume.step_key`), so an edited program, new saved state, or an
+    Part of the resume key (`flows.guards.resume.step_key`), so an edited program, new saved state, or an
     upgraded DSPy never gets an earlier run's answers:
 
     - ``dspy``: the installed DSPy version (its adapters write the prompts);
@@ -466,7 +466,7 @@ def build_module(step: Any) -> dspy.Module:
     """The DSPy module for a module step, cached per step configuration.
 
     Args:
-        step: A `flows.spec.ModuleStep` (anything with its fields).
+        step: A `flows.engine.spec.ModuleStep` (anything with its fields).
 
     Raises:
         SandboxUnavailableError: The module runs generated code and no sandbox is available.

@@ -13,7 +13,20 @@ from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-__all__ = ["MISSING", "absent_inputs", "admits_none", "get_field", "has_field", "set_field", "to_jsonable"]
+__all__ = [
+    "ERROR_FIELD",
+    "MISSING",
+    "absent_inputs",
+    "admits_none",
+    "get_field",
+    "has_field",
+    "set_field",
+    "to_jsonable",
+]
+
+
+#: The field a failed row carries: ``{"step", "type", "message", ...}``; later steps skip such rows.
+ERROR_FIELD = "_error"
 
 
 class _Missing:

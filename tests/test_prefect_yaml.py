@@ -22,7 +22,9 @@ def test_every_entrypoint_imports_as_a_flow(entry):
 
 def test_one_run_step_deployment_per_pool_on_its_own_pool():
     run_steps = {
-        d["name"]: d for d in PROJECT["deployments"] if d["entrypoint"] == "flows/step_runner.py:run_step"
+        d["name"]: d
+        for d in PROJECT["deployments"]
+        if d["entrypoint"] == "flows/engine/step_runner.py:run_step"
     }
     assert set(run_steps) == {"run-step-general", "run-step-optimizer", "run-step-gpu"}
     for name, entry in run_steps.items():

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import dspex.bootstrap  # noqa: F401  (defaults the Prefect environment before Prefect loads)
 from deployments.cli.registry import app as registry_app
 from dspex.redact import redact_exception
 from dspex.settings import get_settings

@@ -15,13 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deployments.local.server import server_status
+
 __all__ = ["demo", "register", "run", "ui"]
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _duration_table(records: list[Any], pipeline: str) -> Table:
-    from flows.artifacts import duration_key, duration_rows
+    from flows.telemetry.artifacts import duration_key, duration_rows
 
     rows = duration_rows(records)
     table = Table(title=f"Estimated vs actual durations (artifact '{duration_key(pipeline)}')")
@@ -48,7 +50,7 @@ def _duration_table(records: list[Any], pipeline: str) -> Table:
 
 def _run_artifact_keys(pipeline: str) -> list[str]:
     """The keys of the artifacts a `run_pipeline` run of ``pipeline`` writes (what the closing lines name)."""
-    from flows.artifacts import details_key, duration_key, summary_key
+    from flows.telemetry.artifacts import details_key, duration_key, summary_key
 
     return [duration_key(pipeline), details_key(pipeline), summary_key(pipeline)]
 
@@ -80,7 +82,6 @@ def _where_to_look(keys: list[str]) -> None:
 def _shared_ui_url() -> str | None:
     """The UI URL `dspex ui` serves when this process runs on the shared local server, else None:
     the configured port (DSPEX_SHARED_SERVER_PORT, 4200), or the one it took when that was busy."""
-    from dspex.local_server import server_status
     from dspex.settings import get_settings
 
     state = server_status()
@@ -169,7 +170,7 @@ def run(
     from dspex.exceptions import DSPexError, InputValidationError, RunStoppedError
     from dspex.redact import redact
     from flows import run_pipeline
-    from flows.resume import reuse_note
+    from flows.guards.resume import reuse_note
 
     _say_home()
     try:

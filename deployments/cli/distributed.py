@@ -32,7 +32,7 @@ def pools_create(
     """Create the work pools, or update their concurrency limits (idempotent)."""
     from deployments.pools import ensure_pools
     from dspex.exceptions import ConfigurationError
-    from flows.pools import POOL_NAMES
+    from flows.engine.pools import POOL_NAMES
 
     if worker_type not in ("dspex", "process"):
         raise typer.BadParameter("must be 'dspex' or 'process'", param_hint="--type")
@@ -50,7 +50,7 @@ def pools_create(
     if os.environ.get("PREFECT_API_URL"):  # a server for workers: say once if it cannot hold them (issue 20)
         from prefect.client.orchestration import get_client
 
-        from deployments.pools import sqlite_warning
+        from deployments.database import sqlite_warning
 
         with get_client(sync_client=True) as client:
             warning = sqlite_warning(client, [result.name for result in results])
@@ -74,7 +74,7 @@ def worker(
     """Start a worker for one pool with that pool's environment (replaces this process)."""
     from deployments.worker import WorkerOptions, worker_environment
     from dspex.settings import get_settings
-    from flows.pools import POOL_NAMES
+    from flows.engine.pools import POOL_NAMES
 
     if pool not in POOL_NAMES:
         raise typer.BadParameter(
@@ -135,7 +135,7 @@ def deploy(
 ) -> None:
     """Deploy prefect.yaml (``prefect --no-prompt deploy --all``, or ``-n NAME``) to PREFECT_API_URL.
 
-    The ``run-step`` deployments it makes are recorded as this project's own (`flows.ownership`):
+    The ``run-step`` deployments it makes are recorded as this project's own (`flows.engine.ownership`):
     auto mode dispatches only to those (issue 23).
     """
     command = [
@@ -162,9 +162,9 @@ def _record_run_steps(names: list[str]) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows.distributed import RUN_STEP_DEPLOYMENT
-    from flows.ownership import record_owned
-    from flows.pools import POOL_NAMES
+    from flows.engine.distributed import RUN_STEP_DEPLOYMENT
+    from flows.engine.ownership import record_owned
+    from flows.engine.pools import POOL_NAMES
 
     recorded = []
     with get_client(sync_client=True) as client:

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tasks.health import check_health
+
 __all__ = ["health", "register"]
 
 _STYLE = {"ok": "green", "fail": "bold red", "skip": "yellow"}
@@ -19,8 +21,6 @@ def health(
 ) -> None:
     """Check the Prefect API, the three pools, their live workers and run-step deployments, payload
     storage, the registry file and the LM; exit 1 if any check fails."""
-    from deployments.health import check_health
-
     report = check_health(no_lm=no_lm)
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))

@@ -15,7 +15,7 @@ def registry_stats(include_unused: bool = False) -> list[dict[str, object]]:
     """One row per module (used ones only unless ``include_unused``): calls, failures, failure rate,
     p50/p95 duration of recent successful calls, and the per-call estimate on each pool with its
     source (``learned`` from observed runs, or the catalogue's ``static`` value) and sample count."""
-    from flows.pools import POOL_NAMES
+    from flows.engine.pools import POOL_NAMES
     from registry import default_registry
 
     registry = default_registry()

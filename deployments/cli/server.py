@@ -1,6 +1,6 @@
 """``dspex server status|stop``, and the shared local server's hooks for ``dspex run``/``demo``/``ui``.
 
-See `dspex.local_server`: CLI commands that run flows use one local Prefect server, started on first
+See `deployments.local.server`: CLI commands that run flows use one local Prefect server, started on first
 use and stopped when idle, instead of starting Prefect's embedded server in every process.
 """
 
@@ -11,6 +11,14 @@ import time
 
 import typer
 from rich.console import Console
+
+from deployments.local.server import (
+    auth_file,
+    authenticate_for_shared_server,
+    server_status,
+    stop_shared_server,
+    use_shared_server,
+)
 
 __all__ = ["FLOW_COMMANDS", "app", "hold_ui", "prepare", "register"]
 
@@ -30,7 +38,6 @@ def prepare(argv: list[str]) -> None:
         argv: The command line after the program name.
     """
     from dspex.exceptions import ConfigurationError
-    from dspex.local_server import authenticate_for_shared_server, use_shared_server
 
     # Any command pointed at the shared server by hand (`dspex worker`, `pools create`, `deploy`)
     # sends its auth string, read from the owner-only file (issue 20).
@@ -50,8 +57,6 @@ def hold_ui(console: Console) -> bool:
         False when the shared server is not in use here (a user's PREFECT_API_URL, or it is off).
     """
     import sys
-
-    from dspex.local_server import auth_file, use_shared_server
 
     url = use_shared_server()
     if url is None:
@@ -77,8 +82,6 @@ def hold_ui(console: Console) -> bool:
 @app.command("status")
 def status_command() -> None:
     """Print the shared server's URL and process (JSON), or that none is running."""
-    from dspex.local_server import server_status
-
     state = server_status()
     typer.echo(json.dumps(state) if state else "no shared server running")
 
@@ -86,8 +89,6 @@ def status_command() -> None:
 @app.command("stop")
 def stop_command() -> None:
     """Stop the shared server now."""
-    from dspex.local_server import stop_shared_server
-
     typer.echo("stopped" if stop_shared_server() else "no shared server running")
 
 

@@ -86,7 +86,7 @@ def open_command(
     """Open a session; prints its id."""
     from dspex.documents import load_document
     from dspex.exceptions import DSPexError
-    from flows.sessions import open_session
+    from flows.sessions.session import open_session
 
     try:  # --step is bounded like every user document (issue 20)
         plain = {"module": module, "signature": signature}
@@ -108,7 +108,7 @@ def turn_command(
     import dspy
 
     from dspex.exceptions import DSPexError
-    from flows.sessions import get_session
+    from flows.sessions.session import get_session
 
     try:
         values = _parse_inputs(inputs or [], as_json)
@@ -136,7 +136,7 @@ def show_command(
 ) -> None:
     """Show a session: its program, expiry and history."""
     from dspex.exceptions import DSPexError
-    from flows.session_store import get_store
+    from flows.sessions.store import get_store
 
     try:
         record = get_store().load(session_id)
@@ -174,7 +174,7 @@ def show_command(
 def close_command(session_id: str = typer.Argument(..., help="The session id.")) -> None:
     """Close a session: no more turns; cleanup removes it."""
     from dspex.exceptions import DSPexError
-    from flows.session_store import get_store
+    from flows.sessions.store import get_store
 
     try:
         get_store().close(session_id)

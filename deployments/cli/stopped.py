@@ -51,8 +51,8 @@ def report_stopped(error: RunStoppedError, console: Console) -> None:
         console.print(f"partial output: {error.partial_ref.get('uri')}")
     console.print("run the same command again to resume: completed rows are reused, not paid again")
     if isinstance(error, RunInterruptedError):
-        from dspex.warm_runner import announce_exit
-        from flows.interrupts import exit_now
+        from deployments.local.warm_runner import announce_exit
+        from flows.guards.interrupts import exit_now
 
         announce_exit(EXIT_INTERRUPTED)  # served by the warm runner: its client hears the status first
         exit_now(EXIT_INTERRUPTED)

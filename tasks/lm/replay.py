@@ -1,6 +1,6 @@
 """The LM a row's program talks to in batch mode: answers from a store, records what it cannot answer.
 
-Batch mode (`flows.batch_mode`) runs each waiting row's program from the start in every round. Each
+Batch mode (`flows.batch_api.mode`) runs each waiting row's program from the start in every round. Each
 LM call the program makes is turned into the ``/v1/chat/completions`` body the online path would send
 (`tasks.lm.batch_api.chat_body`), keyed by a stable hash of it (`request_key`):
 

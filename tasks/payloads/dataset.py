@@ -24,7 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from dspex.exceptions import PayloadCorruptError, PayloadError, PayloadFormatError
-from tasks.payloads import storage
+from tasks.payloads import encoded, storage
 from tasks.payloads.confine import check_data_read
 from tasks.payloads.ref import PayloadFormat, PayloadRef
 
@@ -233,17 +233,13 @@ class Dataset:
     @classmethod
     def from_ref(cls, ref: PayloadRef | dict[str, Any]) -> Dataset:
         """The dataset a payload holds: a stored Dataset, table, batch or DataFrame as is, anything
-        else through `tasks.payloads.read_rows`."""
-        from tasks.payloads.api import read_payload, read_rows
-
-        value = read_payload(ref)
-        if isinstance(value, Dataset):
-            return value
-        if isinstance(value, pa.Table | pa.RecordBatch):
-            return cls(value)
-        if isinstance(value, pd.DataFrame):
-            return cls.from_pandas(value)
-        return cls.from_rows(read_rows(ref))
+        else as the rows `tasks.payloads.read_rows` gives."""
+        kind, raw, meta, uri = encoded.read_raw(ref)
+        if kind in ("dataset", "table", "record_batch"):
+            return cls(raw)
+        if kind == "dataframe":
+            return cls.from_pandas(raw.to_pandas())
+        return cls.from_rows(encoded.rows_of_raw(kind, raw, meta, uri))
 
     # --- shape ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -332,9 +328,7 @@ class Dataset:
         self, base_url: str | None = None, format: PayloadFormat | None = None, *, name: str | None = None
     ) -> PayloadRef:
         """Store the dataset as an Arrow payload; `tasks.payloads.read_payload` gives back a Dataset."""
-        from tasks.payloads.api import write_payload
-
-        return write_payload(self, base_url, format, name=name)
+        return encoded.write_payload(self.table, base_url, format, name=name, kind="dataset")
 
 
 def _not_utf8(data: bytes, error: UnicodeDecodeError, source: str) -> PayloadCorruptError:

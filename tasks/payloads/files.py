@@ -18,6 +18,8 @@ from typing import Any
 
 from dspex.exceptions import PayloadCorruptError, PayloadError, PayloadFormatError
 from tasks.payloads import confine, integrity, storage
+from tasks.payloads.dataset import Dataset
+from tasks.payloads.encoded import read_ref_rows, rows_of_decoded
 
 __all__ = ["EXPORT_FORMATS", "export_rows", "read_payload_file", "rows_at"]
 
@@ -40,8 +42,6 @@ def read_payload_file(path: str) -> list[dict[str, Any]]:
         PayloadNotFoundError: No such file.
         PayloadCorruptError: Not a payload, or its bytes do not match the checksum in its name.
     """
-    from tasks.payloads.api import rows_of_decoded
-
     confine.check_payload_read(path)
     data = storage.read_bytes(path)
     name = path.rstrip("/").rsplit("/", 1)[-1]
@@ -70,19 +70,16 @@ def rows_at(location: str) -> list[dict[str, Any]]:
         PayloadFormatError: A file type that holds no rows.
         PayloadError: As the reader for that kind raises (not found, corrupt, outside the roots).
     """
-    from tasks.payloads.api import read_rows
-    from tasks.payloads.dataset import Dataset
-
     text = location.strip()
     if text.startswith("{"):
-        return read_rows(text)
+        return read_ref_rows(text)
     if _extension(text) in (".msgpack", ".arrow"):
         return read_payload_file(text)
     if _extension(text) == ".json":
         confine.check_data_read(text, "file")
         raw = bytes(memoryview(storage.read_bytes(text)))
         try:
-            return read_rows(raw.decode("utf-8"))
+            return read_ref_rows(raw.decode("utf-8"))
         except (UnicodeDecodeError, PayloadFormatError) as exc:
             raise PayloadFormatError(
                 "a .json file must hold a payload reference; rows go in .jsonl, .csv or .parquet",
@@ -106,8 +103,6 @@ def export_rows(rows: list[dict[str, Any]], path: str) -> str:
             CSV, a column whose values change type in Parquet); the message says which to use.
         PayloadError: The file cannot be written.
     """
-    from tasks.payloads.dataset import Dataset
-
     extension = _extension(path)
     if extension not in EXPORT_FORMATS:
         raise PayloadFormatError(

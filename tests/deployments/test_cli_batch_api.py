@@ -10,7 +10,7 @@ from support.openai_server import openai_server
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from flows.artifacts import details_key, duration_key, summary_key
+from flows.telemetry.artifacts import details_key, duration_key, summary_key
 
 
 @pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
 

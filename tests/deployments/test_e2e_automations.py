@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from deployments.automations import AUTOMATION_NAMES, ensure_automations
 from deployments.cli import app
-from flows import events
+from flows.telemetry import events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -24,7 +24,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dspex.settings import get_settings
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from tasks.lm import build_lm
 from tasks.retrieval import load_demo_questions
 from tests.support.openai_server import openai_server

@@ -37,8 +37,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import load_project
 from dspex.settings import get_settings
-from flows.router import route_step
-from flows.spec import PipelineSpec
+from flows.engine.router import route_step
+from flows.engine.spec import PipelineSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 

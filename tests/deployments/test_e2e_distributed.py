@@ -24,8 +24,8 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import PipelineSpec, run_pipeline
-from flows.artifacts import duration_key
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
+from flows.telemetry.artifacts import duration_key
 from tests.support.openai_server import Fault, openai_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(480)]
@@ -216,7 +216,7 @@ def test_usage_is_accounted_and_a_rerun_reuses_completed_rows_on_the_pools(distr
         }
     )
     data = [{"question": f"Where is parcel {i}? Parcel {i} is in Oslo."} for i in range(6)]
-    from flows.distributed import pool_status
+    from flows.engine.distributed import pool_status
 
     with get_client(sync_client=True) as client:  # heartbeats lag on a loaded machine: wait for one
         deadline = time.monotonic() + 90

@@ -36,7 +36,7 @@ def post(path, body):
 pool = post("/work_pools/", {"name": "general", "type": "process"})
 flow = post("/flows/", {"name": "run-step"})
 deployment = post("/deployments/", {"name": "run-step-general", "flow_id": flow["id"],
-                                    "work_pool_name": "general", "entrypoint": "flows/step_runner.py:run_step"})
+                                    "work_pool_name": "general", "entrypoint": "flows/engine/step_runner.py:run_step"})
 post("/work_pools/general/workers/heartbeat", {"name": "nobody-worker", "heartbeat_interval_seconds": 600})
 print(json.dumps({"pool": pool["id"], "deployment": deployment["id"]}))
 """

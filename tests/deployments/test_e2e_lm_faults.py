@@ -16,8 +16,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows import PipelineSpec, circuit, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows import PipelineSpec, run_pipeline
+from flows.engine.pools import shutdown_local_pools
+from flows.guards import circuit
 from tests.support.openai_server import openai_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]

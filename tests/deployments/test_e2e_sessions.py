@@ -11,7 +11,7 @@ started the documented way, each with a queue of its own::
 Every process (server, workers, this test) shares one session store through ``DSPEX_SESSION_URL`` (a
 SQLite file: all of them run on this machine), and the workers answer through an OpenAI-compatible
 server on loopback. The test drives a session the way a user does, with
-`flows.session_flows.dispatch_turn` (``run_deployment`` against the live server), and checks through
+`flows.sessions.turns.dispatch_turn` (``run_deployment`` against the live server), and checks through
 the API and the store: the first turn goes to the pool's default queue, the next ones to the queue of
 the worker that served it (the same process); once that worker is killed and its queue stops being
 polled, the next turn goes to the default queue, the surviving worker loads the session from the store
@@ -29,9 +29,9 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from flows.session_flows import dispatch_turn, preferred_queue
-from flows.session_store import get_store
-from flows.sessions import open_session
+from flows.sessions.session import open_session
+from flows.sessions.store import get_store
+from flows.sessions.turns import dispatch_turn, preferred_queue
 from tests.support.openai_server import openai_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]

@@ -45,7 +45,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from websockets.sync.client import ClientConnection, connect
 
 from flows import PipelineSpec, run_pipeline
-from flows.artifacts import duration_key
+from flows.telemetry.artifacts import duration_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.health import POOLS, check_health
+from tasks.health import POOLS, check_health
 from tests.support.openai_server import openai_server
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def prefect_objects(prefect_harness):
                 flow_id=flow_id,
                 name=f"run-step-{pool}",
                 work_pool_name=pool,
-                entrypoint="flows/step_runner.py:run_step",
+                entrypoint="flows/engine/step_runner.py:run_step",
             )
             for pool in POOLS
         ]

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from deployments.pools import base_job_template, server_database
+from deployments.database import server_database
+from deployments.pools import base_job_template
 from tests.deployments.cluster import BIN, Cluster
 
 WARNING = "keeps its state in SQLite"

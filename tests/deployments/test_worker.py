@@ -9,7 +9,7 @@ from deployments.pools import base_job_template, ensure_pools
 from deployments.worker import DSPexWorker, WorkerOptions, load_entrypoint, worker_environment
 from dspex.exceptions import ConfigurationError
 from dspex.settings import get_settings
-from flows.step_runner import run_step
+from flows.engine.step_runner import run_step
 
 
 def test_the_dspex_worker_type_is_registered_with_prefect():
@@ -20,14 +20,24 @@ def test_the_dspex_worker_type_is_registered_with_prefect():
 
 
 def test_entrypoints_load_as_the_shared_module_flow():
-    assert load_entrypoint("flows/step_runner.py:run_step") is run_step
-    assert load_entrypoint("flows.step_runner:run_step") is run_step
+    assert load_entrypoint("flows/engine/step_runner.py:run_step") is run_step
+    assert load_entrypoint("flows.engine.step_runner:run_step") is run_step
     with pytest.raises(ConfigurationError, match="must look like"):
-        load_entrypoint("flows/step_runner.py")
+        load_entrypoint("flows/engine/step_runner.py")
     with pytest.raises(ConfigurationError, match="cannot load"):
         load_entrypoint("flows/nope.py:x")
     with pytest.raises(ConfigurationError, match="not a Prefect flow"):
-        load_entrypoint("flows.step_runner:parse_step")
+        load_entrypoint("flows.engine.step_runner:parse_step")
+
+
+def test_a_deployment_made_before_the_move_still_runs_its_flow(caplog):
+    """Deployments created before flows/ moved into subpackages name the old files (issue 22)."""
+    with caplog.at_level("WARNING", logger="deployments.worker"):
+        assert load_entrypoint("flows/step_runner.py:run_step") is run_step
+    assert "dspex deploy" in caplog.text
+    from flows.sessions.turns import session_turn
+
+    assert load_entrypoint("flows/session_flows.py:session_turn") is session_turn
 
 
 def test_worker_environment_per_pool(tmp_path):
@@ -44,7 +54,7 @@ def test_worker_environment_per_pool(tmp_path):
         and "/" not in general["DSPY_CACHEDIR"].rsplit("/", 1)[1]
     )
     assert gpu["PREFECT_WORKER_QUERY_SECONDS"] == "0.5" and gpu["PREFECT_WORKER_HEARTBEAT_SECONDS"] == "3"
-    # The mode is left to each flow (flows.modes): a run-pipeline run on a worker may still dispatch.
+    # The mode is left to each flow (flows.engine.modes): a run-pipeline run on a worker may still dispatch.
     assert "DSPEX_MODE" not in gpu and gpu["KEEP"] == "1"
     assert (
         worker_environment(WorkerOptions("gpu", "g", gpus="3"), settings, base)["CUDA_VISIBLE_DEVICES"] == "3"
@@ -85,7 +95,7 @@ def test_ensure_pools_creates_then_updates_idempotently():
     ]
     second = ensure_pools(get_settings(pool_gpu_capacity=1), "dspex", client=client)
     assert [r.action for r in second] == ["updated"] * 3 and client.pools["gpu"].concurrency_limit == 1
-    from flows.ownership import load_owned
+    from flows.engine.ownership import load_owned
 
     assert load_owned().pools == {"id-general": "general", "id-optimizer": "optimizer", "id-gpu": "gpu"}
     with pytest.raises(ConfigurationError, match="cannot change"):
@@ -136,7 +146,7 @@ def test_a_dspex_worker_preloads_the_run_step_flow_so_a_fresh_worker_is_fast(mon
     worker = DSPexWorker("general", name="preload-test")
     assert worker.heartbeat_interval_seconds == 5  # Prefect's 30 s default would notice a dead worker late
     worker._preload()
-    assert worker._flows["flows/step_runner.py:run_step"] is run_step
+    assert worker._flows["flows/engine/step_runner.py:run_step"] is run_step
 
 
 @pytest.mark.integration

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from deployments.serve import load_project
+from flows.engine.pools import shutdown_local_pools
 from flows.evaluate import evaluate_program
 from flows.optimize import optimize_program
-from flows.pools import shutdown_local_pools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

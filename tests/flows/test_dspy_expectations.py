@@ -17,7 +17,7 @@ import pytest
 from support.openai_server import openai_server
 
 from flows import PipelineSpec, run_pipeline, stream_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ def dspex_run(tmp_path: Path, spec: dict, rows: list[dict], env: dict[str, str] 
         [
             sys.executable,
             "-c",
-            "from dspex.warm_runner import main; main()",
+            "from deployments.console import main; main()",
             "run",
             "spec.json",
             "data.jsonl",

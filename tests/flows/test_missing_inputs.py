@@ -18,7 +18,7 @@ import dspy
 import pytest
 
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from tests.support.openai_server import openai_server
 
 ANSWER = "[[ ## answer ## ]]\nforty-two\n\n[[ ## completed ## ]]"

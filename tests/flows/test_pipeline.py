@@ -11,8 +11,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from dspex.exceptions import InputValidationError, PoolUnavailableError, StepExecutionError
 from flows import PipelineSpec, run_pipeline
-from flows.artifacts import duration_key
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
+from flows.telemetry.artifacts import duration_key
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def test_api_key_never_reaches_parameters_results_or_artifacts(caplog):
     result = run_pipeline(PipelineSpec.model_validate(QA), data=rows(3), lm=lm)
     assert "sk-super-secret-value" not in result.model_dump_json()
     assert "sk-super-secret-value" not in caplog.text
-    from flows.params import summarize_parameter
+    from flows.engine.params import summarize_parameter
 
     assert "sk-super-secret" not in str(summarize_parameter(lm))
 

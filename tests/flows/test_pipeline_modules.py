@@ -9,7 +9,7 @@ from support.openai_server import Fault
 
 from dspex.exceptions import SandboxUnavailableError
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from tasks.callables import register_callable, unregister_callable
 
 pytestmark = pytest.mark.integration

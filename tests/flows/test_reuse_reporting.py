@@ -17,8 +17,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows import PipelineSpec, run_pipeline
-from flows.artifacts import DURATION_COLUMNS, details_key, duration_key, duration_rows
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
+from flows.telemetry.artifacts import DURATION_COLUMNS, details_key, duration_key, duration_rows
 
 pytestmark = pytest.mark.integration
 

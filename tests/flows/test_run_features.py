@@ -18,8 +18,8 @@ from support.openai_server import FakeOpenAIServer, openai_server
 
 from dspex.exceptions import BudgetExceededError, RunInterruptedError
 from flows import PipelineSpec, run_pipeline
-from flows.artifacts import duration_rows
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
+from flows.telemetry.artifacts import duration_rows
 from tasks.payloads import PayloadRef, read_rows
 from tasks.usage import price
 

@@ -11,8 +11,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 from support.scripted_lm import quality, scripted_lm
 
 from dspex.exceptions import VariableError
-from flows.pools import shutdown_local_pools
-from flows.spec import PipelineSpec
+from flows.engine.pools import shutdown_local_pools
+from flows.engine.spec import PipelineSpec
 from flows.tune import default_tune_spec, tune_pipeline
 from tasks.payloads import read_payload
 
@@ -123,6 +123,6 @@ def test_bad_input_fails_before_any_trial():
 def test_the_default_spec_resolves_over_its_whole_space():
     spec = default_tune_spec()
     assert spec.steps[0].k == 3 and spec.steps[1].module == "dspy.ChainOfThought"
-    from flows.variables import resolve_spec
+    from flows.engine.spec import resolve_spec
 
     assert resolve_spec(spec, {"k": 5, "reasoner": "dspy.Predict"}).steps[0].k == 5

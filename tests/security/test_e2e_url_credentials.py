@@ -168,9 +168,10 @@ def test_cli_run_against_a_dead_endpoint_never_shows_the_password(server, tmp_pa
 def test_run_pipeline_with_a_password_in_its_lm_config_stores_none(server, tmp_path, monkeypatch, capfd):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import PipelineSpec, circuit, run_pipeline
-    from flows.params import LMConfig
-    from flows.pools import shutdown_local_pools
+    from flows import PipelineSpec, run_pipeline
+    from flows.engine.params import LMConfig
+    from flows.engine.pools import shutdown_local_pools
+    from flows.guards import circuit
 
     dead = free_port()
     home = tmp_path / "home"

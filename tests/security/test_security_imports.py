@@ -16,7 +16,7 @@ import registry
 from deployments.cli import app
 from dspex.exceptions import InvalidModuleInfoError, PipelineSpecError, UntrustedImportError
 from dspex.imports import check_import_path, is_import_path, load_attribute, trusted_roots
-from flows.spec import ModuleStep, PipelineSpec
+from flows.engine.spec import ModuleStep, PipelineSpec
 from tasks.callables import resolve_callable
 from tasks.modules import build_module, program_class
 

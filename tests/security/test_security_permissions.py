@@ -149,7 +149,7 @@ def test_an_at_file_input_obeys_the_read_fence(tmp_path):
 
 def test_an_older_world_readable_home_and_session_database_are_tightened(tmp_path, monkeypatch):
     from dspex.settings import get_settings
-    from flows.session_store import store_url
+    from flows.sessions.store import store_url
 
     home = tmp_path / ".dspex"
     home.mkdir(mode=0o755)

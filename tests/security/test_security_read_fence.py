@@ -268,7 +268,7 @@ def test_a_flow_nested_in_a_deployment_run_is_fenced_too(project):
 
 @pytest.mark.integration
 def test_a_session_turn_deployment_run_cannot_read_a_program_state_outside(project):
-    from flows.session_flows import session_turn
+    from flows.sessions.turns import session_turn
 
     _root, data = project
     state_file = data.with_name("state.json")
@@ -280,7 +280,7 @@ def test_a_session_turn_deployment_run_cannot_read_a_program_state_outside(proje
 
 @pytest.mark.integration
 def test_run_step_fences_its_batch_however_it_is_started(project):
-    from flows.step_runner import run_step
+    from flows.engine.step_runner import run_step
     from tasks.payloads import PayloadRef
 
     _root, data = project

@@ -82,7 +82,7 @@ def test_row_errors_and_dspex_errors_never_carry_credentials():
 
 
 def test_event_payloads_never_carry_credentials(monkeypatch):
-    from flows import events
+    from flows.telemetry import events
 
     sent: dict[str, object] = {}
     monkeypatch.setattr(events, "events_active", lambda: True)
@@ -111,7 +111,7 @@ def test_failed_run_keeps_credentials_out_of_prefect_database(monkeypatch):
 
     import registry
     from flows import PipelineSpec, run_pipeline
-    from flows.pools import shutdown_local_pools
+    from flows.engine.pools import shutdown_local_pools
 
     monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
     registry.register_user_module("fixtures_pkg.leaky:Leaky")
@@ -215,7 +215,7 @@ def test_settings_repr_masks_url_credentials(monkeypatch):
 
 def test_stored_flow_parameters_mask_url_credentials():
     from flows import run_pipeline
-    from flows.params import LMConfig
+    from flows.engine.params import LMConfig
 
     stored = run_pipeline.serialize_parameters(
         {"lm": LMConfig(model="openai/m", api_base=LM_BASE), "data": f"https://alice:{PASSWORD}@h/d.jsonl"}

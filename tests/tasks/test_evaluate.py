@@ -10,7 +10,7 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 from dspex.exceptions import InputValidationError, MetricError, PipelineSpecError
-from flows.spec import ModuleStep
+from flows.engine.spec import ModuleStep
 from tasks.evaluate import (
     ExampleResult,
     ProgressCounter,

@@ -14,7 +14,7 @@ from dspy.utils.dummies import DummyLM
 import registry
 from dspex.exceptions import InputValidationError, PipelineSpecError
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from tasks.modules import ProgramFields, program_fields
 
 PKG = "fixtures_pkg.programs_io"

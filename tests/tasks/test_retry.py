@@ -37,7 +37,7 @@ def test_settings_give_the_one_retry_count():
 def test_a_row_is_tried_exactly_policy_attempts_times_then_only_transient_errors(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from flows.spec import PipelineSpec
+    from flows.engine.spec import PipelineSpec
     from tasks.batch import execute_module_batch
 
     calls = {"n": 0}

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from dspex.exceptions import ConfigurationError
 from dspex.settings import get_settings
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from tasks import tracing
 from tests.support.openai_server import openai_server
 
@@ -235,8 +235,8 @@ def test_a_worker_continues_the_orchestrators_trace(exporter, monkeypatch):
 
     from dspy.utils import DummyLM
 
-    from flows.executors.run import run_batch
-    from flows.spec import ModuleStep
+    from flows.engine.executors.run import run_batch
+    from flows.engine.spec import ModuleStep
 
     monkeypatch.setenv("DSPEX_TRACING", "on")
     monkeypatch.setenv("DSPEX_TRACING_HEAD_ROWS", "2")

@@ -5,7 +5,7 @@ from dspy.utils.dummies import DummyLM
 
 import registry
 from flows import PipelineSpec, run_pipeline
-from flows.pools import shutdown_local_pools
+from flows.engine.pools import shutdown_local_pools
 from registry.catalogue import PATTERN_MODULE_NAMES
 from tasks.callables import register_callable, unregister_callable
 
