@@ -11,6 +11,9 @@ route decision and the batch key, it
    which would dominate the overhead of a batch);
 4. reads the `BatchResult` back by key when the run is COMPLETED.
 
+With a ``resume_key`` the worker journals each row as it completes (`flows.guards.resume.BatchJournals`),
+so a batch dispatched again after its worker died runs only the rows no attempt finished.
+
 Failures, so that every row lands exactly once and nothing hangs:
 
 * the run FAILED, CRASHED or was CANCELLED, or the worker that took it stopped heartbeating (killed,
@@ -216,11 +219,14 @@ class RemoteDispatcher:
         batch_key: str,
         timeout_s: float | None = None,
         trace_context: dict[str, str] | None = None,
+        resume_key: str | None = None,
     ) -> BatchResult:
         """Run one batch on ``pool``'s run-step deployment and return its result.
 
         The result's ``pool`` names the pool that actually ran it (after any fallback).
         ``trace_context`` (from `tasks.tracing.dispatch_span`) lets the worker continue the run's trace.
+        ``resume_key`` (`flows.guards.resume.BatchJournals`) has the worker journal each row as it completes,
+        so every attempt at the batch runs only the rows earlier attempts did not finish.
 
         Raises:
             PoolUnavailableError: The pool had no live worker for ``worker_grace_seconds`` and the
@@ -240,6 +246,8 @@ class RemoteDispatcher:
             parameters["timeout_s"] = timeout_s
         if trace_context:
             parameters["trace_context"] = trace_context
+        if resume_key:  # only when given: a parameter set without it stays what it was
+            parameters["resume_key"] = resume_key
         attempts = self.settings.task_retries + 1
         failures: list[str] = []
         while True:

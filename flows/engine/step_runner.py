@@ -11,10 +11,19 @@ the one both executors use, so these results also serve later runs' resume.
 It is idempotent: when the result for ``batch_key`` already exists (an earlier attempt finished but
 its worker died before the orchestrator saw it), it is returned without running anything again, so a
 re-dispatched batch contributes every row exactly once.
+
+Rows are kept as they complete, not only at batch end (issue 26): given a ``resume_key`` (the
+orchestrator's row-keyed key of the batch, `flows.guards.resume.BatchJournals`), each completed row is
+appended to a row journal in the step's results folder, as in local mode. An attempt first reads
+what earlier attempts at the batch journaled (a worker killed mid-batch) and runs only the other
+rows; the result it stores has every row, in order, the journaled ones counted as ``reused``. The
+orchestrator removes the journals once it has kept the result. A journal that cannot be written or
+read is logged and the batch goes on (its rows are then kept at batch end, or run again).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -23,9 +32,16 @@ from pydantic import TypeAdapter
 from dspex.exceptions import PipelineSpecError
 from dspex.settings import Settings, get_settings
 from flows.engine.spec import ModuleStep, RetrieveStep
-from flows.guards.resume import RESULTS_PREFIX, read_batch_result, result_ref_uri, write_batch_result
+from flows.guards.resume import (
+    RESULTS_PREFIX,
+    BatchJournals,
+    RowJournal,
+    read_batch_result,
+    result_ref_uri,
+    write_batch_result,
+)
 from tasks import tracing
-from tasks.batch import BatchResult
+from tasks.batch import BatchResult, RowError
 from tasks.payloads import PayloadRef, confine, read_rows
 
 __all__ = [
@@ -69,6 +85,7 @@ def execute_step_batch(
     lm: Any = None,
     timeout_s: float | None = None,
     trace_rows: frozenset[int] | None = None,
+    on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> BatchResult:
     """Run one batch of a module or retrieve step on this process's pool executor.
 
@@ -84,6 +101,7 @@ def execute_step_batch(
         lm: The LM for module steps (default: built from ``settings``).
         timeout_s: Longest the batch may take (the orchestrator's route decision).
         trace_rows: In a traced run, the rows to trace in full (the orchestrator's sample).
+        on_row_done: Called with each module row's index and outputs as it completes (the row journal).
     """
     from flows.engine.executors.run import run_batch
 
@@ -97,7 +115,53 @@ def execute_step_batch(
         timeout_s=timeout_s,
         shared_limits=True,
         trace_rows=trace_rows,
+        on_row_done=on_row_done,
     )
+
+
+def _journals(
+    resume_key: str | None, step: ModuleStep | RetrieveStep, rows: list[dict[str, Any]], logger: Any
+) -> tuple[BatchJournals | None, list[str]]:
+    """The batch's journals and its rows' keys; (None, []) when its rows are not journaled."""
+    if not resume_key or step.kind != "module":  # a retrieve batch's rows complete together
+        return None, []
+    journals = BatchJournals(resume_key)  # a malformed key is a PayloadError: bad input
+    row_keys = journals.row_keys(step, rows)
+    if row_keys is None:
+        logger.warning(
+            "batch rows do not match their resume key %s (this worker keys rows differently from "
+            "the orchestrator: another program or DSPex version?); not journaling them",
+            resume_key[:24],
+        )
+        return None, []
+    return journals, row_keys
+
+
+def _merged(
+    n: int, done: dict[int, dict[str, Any]], todo: list[int], ran: BatchResult | None, pool: str
+) -> BatchResult:
+    """The whole batch's result: the rows earlier attempts journaled (``done``, reused) and those
+    this attempt ran (``ran``, for the indices ``todo``), each row once, in batch order."""
+    if ran is not None and not done:
+        return ran
+    outputs: list[dict[str, Any] | None] = [None] * n
+    errors: list[RowError | None] = [None] * n
+    latencies = [0.0] * n
+    for i, found in done.items():
+        outputs[i] = found
+    if ran is None:
+        return BatchResult(
+            outputs=outputs, errors=errors, latencies_ms=latencies, wall_ms=0.0, reused=len(done), pool=pool
+        )
+    for j, i in enumerate(todo):
+        outputs[i], errors[i], latencies[i] = ran.outputs[j], ran.errors[j], ran.latencies_ms[j]
+    update = {
+        "outputs": outputs,
+        "errors": errors,
+        "latencies_ms": latencies,
+        "reused": ran.reused + len(done),
+    }
+    return ran.model_copy(update=update)
 
 
 @flow(
@@ -113,6 +177,7 @@ def run_step(
     pool: str = "general",
     timeout_s: float | None = None,
     trace_context: dict[str, str] | None = None,
+    resume_key: str | None = None,
 ) -> PayloadRef:
     """Run one batch of ``step`` over the rows ``batch`` refers to; store the result by key.
 
@@ -124,6 +189,8 @@ def run_step(
         timeout_s: Longest the batch may take (rows cut off fail, rows not started are not attempted).
         trace_context: The orchestrator's W3C trace context: when this worker can export spans
             (``OTEL_EXPORTER_OTLP_ENDPOINT``), the batch's spans join the run's trace.
+        resume_key: The batch's row-keyed key (`flows.guards.resume.BatchJournals`): each row is journaled
+            as it completes, and rows earlier attempts journaled are not run again (None: no journal).
 
     Returns:
         The reference of the stored `BatchResult`.
@@ -139,17 +206,46 @@ def run_step(
             return found[0]
         parsed = parse_step(step)
         rows = read_rows(batch)
-        logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(rows), pool, batch_key)
-        with tracing.continue_trace(trace_context, settings) as trace_rows:
-            result = execute_step_batch(
-                parsed,
-                rows,
-                batch_key=batch_key,
-                pool=pool,
-                settings=settings,
-                timeout_s=timeout_s,
-                trace_rows=trace_rows,
+        journals, row_keys = _journals(resume_key, parsed, rows, logger)
+        kept = journals.read() if journals is not None else {}
+        done = {i: kept[k] for i, k in enumerate(row_keys) if k in kept}
+        todo = [i for i in range(len(rows)) if i not in done]
+        if done:
+            logger.info(
+                "batch %s: %d row(s) an earlier attempt completed are kept, not run again; %d to run",
+                batch_key,
+                len(done),
+                len(todo),
             )
+        logger.info("step %s: %d rows on pool %s (batch %s)", parsed.name, len(todo), pool, batch_key)
+        journal: RowJournal | None = None
+        if journals is not None and todo:
+            journal = journals.writer([row_keys[i] for i in todo])
+        ran: BatchResult | None = None
+        try:
+            if todo or not done:
+                with tracing.continue_trace(trace_context, settings) as trace_rows:
+                    ran = execute_step_batch(
+                        parsed,
+                        [rows[i] for i in todo],
+                        batch_key=batch_key,
+                        pool=pool,
+                        settings=settings,
+                        timeout_s=timeout_s,
+                        trace_rows=_subset(trace_rows, todo) if done else trace_rows,
+                        on_row_done=journal.add if journal is not None else None,
+                    )
+        finally:
+            if journal is not None:
+                journal.close(remove=False)  # complete on storage; the orchestrator removes it
+    result = _merged(len(rows), done, todo, ran, pool)
     ref = write_batch_result(result, batch_key)
     logger.info("batch %s done: %d failed of %d; result %s", batch_key, result.failed, len(rows), ref.uri)
     return ref
+
+
+def _subset(trace_rows: frozenset[int] | None, todo: list[int]) -> frozenset[int] | None:
+    """The traced rows among ``todo``, numbered as the rows this attempt runs."""
+    if trace_rows is None:
+        return None
+    return frozenset(j for j, i in enumerate(todo) if i in trace_rows)

@@ -6,6 +6,7 @@ that every worker reaches):
     results/<step_key>/xxh3_128-<checksum>.msgpack  the BatchResult and the key of each of its rows
     results/<step_key>/<content_key>.ref.json       its PayloadRef: created exclusively, last
     results/<step_key>/<writer>.rows.jsonl          rows of a running batch, one line each as it completes
+    results/<step_key>/<batch>-<writer>.rows.jsonl  the same, written by the worker running a dispatched batch
 
 Keys:
 
@@ -28,6 +29,12 @@ to a local file at once, or rewritten whole about once a second on object storag
 append). A process killed mid-batch (SIGKILL, an OOM kill, a lost machine) thus loses at most the rows
 in flight; `BatchStore.completed` reads journals as well as batch results, and a journal is removed
 once its batch's result is stored. A line cut short by the kill is skipped.
+
+In distributed mode the rows complete on a worker, so the worker journals them (`BatchJournals`):
+the orchestrator sends the batch's row-keyed key (``resume_key``) with the batch, the worker
+journals each completed row under ``<batch>-<writer>.rows.jsonl`` in the same folder, and a
+re-dispatch of that batch (its worker died) reads what earlier attempts journaled and runs only the
+other rows. The orchestrator removes the batch's journals once it has stored its result.
 
 Payloads are MessagePack through `tasks.payloads` (no pickle); a corrupt file is reported, never
 silently reused.
@@ -58,6 +65,7 @@ from tasks.rows import get_field
 
 __all__ = [
     "RESULTS_PREFIX",
+    "BatchJournals",
     "BatchStore",
     "ResumeStore",
     "RowJournal",
@@ -258,10 +266,11 @@ class RowJournal:
     Args:
         folder: The step's results folder (``<payload url>/results/<step_key>``).
         row_keys: The key of each of the batch's rows, in order.
+        prefix: Starts the journal's file name (`BatchJournals`: the batch it belongs to).
     """
 
-    def __init__(self, folder: str, row_keys: list[str]) -> None:
-        self.uri = storage.join(folder, f"{uuid.uuid4().hex}{_JOURNAL}")
+    def __init__(self, folder: str, row_keys: list[str], prefix: str = "") -> None:
+        self.uri = storage.join(folder, f"{prefix}{uuid.uuid4().hex}{_JOURNAL}")
         self.row_keys = row_keys
         self._local = storage.is_local(self.uri)
         self._lock = threading.Lock()
@@ -337,6 +346,92 @@ def _journal_rows(fs: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(entry, dict) and isinstance(entry.get("k"), str) and isinstance(entry.get("o"), dict):
             found.append((entry["k"], entry["o"]))
     return found
+
+
+class BatchJournals:
+    """The row journals of one dispatched batch, written by the worker that runs it (issue 26).
+
+    The orchestrator makes one per dispatched module batch (`ResumeStore.worker_rows`) and sends
+    its `key` with the batch; the worker makes its own from that key. Each attempt at the batch
+    journals its rows in its own file, ``<payload url>/results/<step_key>/<batch>-<writer>.rows.jsonl``
+    (``<batch>``: the content part of the key), so
+
+    * a re-dispatched batch (its worker died) reads what earlier attempts kept (`read`) and runs
+      only the other rows;
+    * a later run finds them like any journal (`BatchStore.completed`);
+    * the orchestrator removes them (`close`) once it has stored the batch's result.
+
+    A storage failure is logged and never fails the batch: its rows then simply run again.
+
+    Args:
+        key: The batch's row-keyed key (``<step_key>-<hash of its row keys>``, `StepResume.batch_key`).
+        base_url: The payload base URL (default: the settings').
+
+    Raises:
+        PayloadError: ``key`` is not such a key.
+    """
+
+    def __init__(self, key: str, base_url: str | None = None) -> None:
+        grouped = _GROUPED.match(_check_key(key))
+        if grouped is None:
+            raise PayloadError(f"resume key {key!r} is not <step key>-<hash of row keys>")
+        self.key = key
+        self.step_id = grouped[1]
+        self._prefix = f"{grouped[2]}-"
+        base = base_url or get_settings().resolved_payload_url
+        self.folder = storage.join(base, f"{RESULTS_PREFIX}/{self.step_id}")
+        self._removed = False
+
+    def row_keys(self, step: Any, rows: list[dict[str, Any]]) -> list[str] | None:
+        """The key of each of ``rows``, or None when they do not make up this batch (this process
+        keys them differently from the orchestrator's: an older or newer program or DSPex)."""
+        reads = _reads(step)
+        keys = [row_key(step, row, reads) for row in rows]
+        return keys if batch_key(self.step_id, keys) == self.key else None
+
+    def _paths(self) -> tuple[Any, list[str]]:
+        fs, path = fsspec.core.url_to_fs(self.folder)
+        try:
+            listed = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return fs, []
+        names = (str(p) for p in listed)
+        return fs, sorted(
+            n for n in names if n.rsplit("/", 1)[-1].startswith(self._prefix) and n.endswith(_JOURNAL)
+        )
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Rows earlier attempts at this batch journaled: row key -> outputs (what cannot be read
+        is logged and skipped: those rows run again)."""
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            fs, paths = self._paths()
+        except (OSError, ValueError) as exc:
+            logger.warning("could not list the row journals of batch %s: %s", self.key[:24], exc)
+            return found
+        for name in paths:
+            try:
+                found.update(_journal_rows(fs, name))
+            except OSError as exc:
+                logger.warning("skipping an unreadable row journal %s: %s", name, exc)
+        return found
+
+    def writer(self, row_keys: list[str]) -> RowJournal:
+        """A journal for this attempt's rows (``row_keys``: the key of each row it runs, in order)."""
+        return RowJournal(self.folder, row_keys, prefix=self._prefix)
+
+    def close(self, *, remove: bool) -> None:
+        """``remove``: the batch's result is stored, so every journal of this batch is removed."""
+        if not remove or self._removed:
+            return
+        self._removed = True
+        try:
+            fs, paths = self._paths()
+            for name in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(name)
+        except (OSError, ValueError) as exc:
+            logger.warning("could not remove the row journals of batch %s: %s", self.key[:24], exc)
 
 
 def reuse_note(reused_rows: int) -> str:
@@ -428,6 +523,13 @@ class StepResume:
         folder = storage.join(self.store.base_url, f"{RESULTS_PREFIX}/{self.step_id}")
         return RowJournal(folder, self.row_keys(rows))
 
+    def worker_journals(self, rows: list[dict[str, Any]]) -> BatchJournals | None:
+        """The journals a worker keeps ``rows``' results in as each completes (None: nothing kept)."""
+        if self.store is None:
+            return None
+        key, _row_keys = self.batch_key(rows)
+        return BatchJournals(key, self.store.base_url)
+
 
 class ResumeStore:
     """The executors' `flows.engine.executors.base.ResultStore`: row-level reuse across runs.
@@ -493,21 +595,40 @@ class ResumeStore:
             return None  # a retrieve batch is one encode call: its rows complete together
         return self.for_step(request.step).journal(request.rows)
 
+    def worker_rows(self, request: Any) -> BatchJournals | None:
+        """The journals the worker running ``request`` keeps its rows in (module steps; distributed
+        mode: `flows.engine.executors.remote.RemoteExecutor` sends their key; `store` removes them)."""
+        if request.step.kind != "module":
+            return None
+        return self.for_step(request.step).worker_journals(request.rows)
+
     def store(self, request: Any, result: BatchResult) -> None:
         """Keep a fresh result (its completed rows become reusable by later runs); the batch's row
         journal (``request.rows_sink``) is removed once the result is kept."""
         sink = getattr(request, "rows_sink", None)
-        saved = self._store(request, result)
+        saved = self._store(request, result, journaled=isinstance(sink, BatchJournals))
         if sink is not None:
             sink.close(remove=saved)
 
-    def _store(self, request: Any, result: BatchResult) -> bool:
-        if result.reused and result.reused == len(result.outputs):
-            return True  # nothing new
+    def _store(self, request: Any, result: BatchResult, journaled: bool = False) -> bool:
+        """Keep ``result``; True when its rows are kept (or there is nothing to keep), so the
+        batch's journals may go. ``journaled``: a worker journaled the batch (`BatchJournals`)."""
         if not any(o is not None and e is None for o, e in zip(result.outputs, result.errors, strict=False)):
             # Nothing completed (an outage, a stop): nothing to reuse, and the first result stored
-            # under a key stays, so storing this one would shadow a later run's good result.
-            return True
+            # under a key stays, so storing this one would shadow a later run's good result. A
+            # worker's journals stay: what attempts that crashed journaled is kept only there.
+            return not journaled
         resume = self.for_step(request.step)
         key, row_keys = resume.batch_key(request.rows)
+        if result.reused == len(result.outputs) and (not journaled or self._kept(resume, key)):
+            # Nothing new; but a worker may have taken every row from its batch's journals (an
+            # earlier attempt ran them all, then died): those are kept nowhere else until this is.
+            return True
         return resume.save(key, result, row_keys)
+
+    @staticmethod
+    def _kept(resume: StepResume, key: str) -> bool:
+        try:
+            return resume.store is not None and storage.exists(resume.store.ref_uri(key))
+        except PayloadError:
+            return False

@@ -7,6 +7,7 @@ general, so one can be killed). Workers answer through an OpenAI-compatible serv
 this test runs, slowed down so a batch is still running when its worker is killed.
 """
 
+import json
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import PipelineSpec, run_pipeline
 from flows.engine.pools import shutdown_local_pools
+from flows.guards.resume import row_key
 from flows.telemetry.artifacts import duration_key
 from tests.support.openai_server import Fault, openai_server
 
@@ -139,8 +141,22 @@ def test_steps_land_on_all_three_pools_and_artifacts_read_back(distributed_env, 
     assert artifacts and "estimated ms" in str(artifacts[0].data)
 
 
+def journaled_rows(payloads, resume_key):
+    """The row keys the journals of one dispatched batch hold (whole lines only)."""
+    step_id, batch = resume_key.split("-", 1)
+    keys = set()
+    for path in (payloads / "results" / step_id).glob(f"{batch}-*.rows.jsonl"):
+        for line in path.read_bytes().splitlines():
+            try:
+                keys.add(json.loads(line)["k"])
+            except ValueError:
+                continue  # cut short by the kill
+    return keys
+
+
 def test_a_killed_worker_leaves_its_batch_retried_and_every_row_exactly_once(distributed_env, lm_server):
     cluster = distributed_env
+    lm_server.reset()
     lm_server.enqueue(*[Fault.slow(1.0) for _ in range(200)])  # every LM call takes ~1 s
     spec = PipelineSpec.model_validate(
         {
@@ -176,15 +192,26 @@ def test_a_killed_worker_leaves_its_batch_retried_and_every_row_exactly_once(dis
                     run.id not in before
                     and run.state_type.value == "RUNNING"
                     and name in ("general-1", "general-2")
+                    # Killed once it has journaled a row of its batch (issue 26): that row must not run again.
+                    and journaled_rows(cluster.payloads, run.parameters.get("resume_key", "x-x"))
                 ):
                     victim = name
                     break
             time.sleep(0.2)
     assert victim is not None, (
-        f"no run-step run was ever RUNNING on a general worker: {outcome} {sorted(set(seen))[-12:]}"
+        f"no run-step run on a general worker ever journaled a row: {outcome} {sorted(set(seen))[-12:]}"
     )
     killed_at = datetime.now(UTC)
     cluster.kill(f"worker-{victim}")
+    with get_client(sync_client=True) as client:  # the rows its batches had finished when it died
+        victim_runs = [
+            r
+            for r in run_step_flow_runs(client)
+            if r.id not in before and (r.labels or {}).get("prefect.worker.name") == victim
+        ]
+    finished = set().union(
+        *(journaled_rows(cluster.payloads, r.parameters["resume_key"]) for r in victim_runs)
+    )
     thread.join(timeout=300)
     assert not thread.is_alive(), "the pipeline did not finish after a worker was killed"
     assert "error" not in outcome, outcome.get("error")
@@ -205,6 +232,14 @@ def test_a_killed_worker_leaves_its_batch_retried_and_every_row_exactly_once(dis
         f"dead worker detected {detected_s:.1f} s after the kill (grace {GRACE_S} s, heartbeat {HEARTBEAT_S} s)"
     )
     assert 0 < detected_s <= 2 * GRACE_S + HEARTBEAT_S + 4, detected_s
+    # The rows the killed worker had finished were kept: the LM answered each of them once, and the
+    # re-dispatched batches reused them (only its rows in flight, at most its capacity, ran twice).
+    question_of = {row_key(spec.steps[0], row): row["question"] for row in data}
+    asked = Counter(q for r in lm_server.chat_requests for q in question_of.values() if q in str(r.messages))
+    assert finished and all(asked[question_of[k]] == 1 for k in finished), (finished, asked)
+    assert outcome["result"].summary.reused_rows >= len(finished)
+    assert len(data) <= sum(asked.values()) <= len(data) + int(CAPACITY["DSPEX_POOL_GENERAL_CAPACITY"])
+    print(f"{len(finished)} row(s) the killed worker had finished were reused, not run again")
 
 
 def test_usage_is_accounted_and_a_rerun_reuses_completed_rows_on_the_pools(distributed_env, lm_server):

@@ -14,7 +14,8 @@ never a lost batch.
 Resume hooks: an executor may hold a `ResultStore`. `BatchExecutor.run` asks it for a completed
 result of the request before running anything, and hands it every fresh result afterwards. A store
 that also has ``row_sink(request)`` gets each row as it completes (``BatchRequest.rows_sink``), so a
-process killed mid-batch loses only the rows in flight (issues 25, 26).
+process killed mid-batch loses only the rows in flight (issues 25, 26). An executor whose rows run
+elsewhere picks its own sink (`BatchExecutor._row_sink`: the remote one lets the worker journal).
 """
 
 from __future__ import annotations
@@ -112,8 +113,7 @@ class BatchExecutor(ABC):
             found = self.store.lookup(request)
             if found is not None:
                 return found.model_copy(update={"reused": len(request.rows)})
-        row_sink = getattr(self.store, "row_sink", None)
-        sink = row_sink(request) if row_sink is not None else None
+        sink = self._row_sink(request)
         if sink is not None:
             request = dataclasses.replace(request, rows_sink=sink)
         try:
@@ -124,6 +124,14 @@ class BatchExecutor(ABC):
             if sink is not None:
                 sink.close(remove=False)  # a no-op once the store kept the result (and removed it)
         return result
+
+    def _row_sink(self, request: BatchRequest) -> Any:
+        """What keeps ``request``'s rows as they complete (the store's ``row_sink``; None: nothing).
+
+        Whatever it is, the store's ``store`` closes it with ``remove=True`` once the result is kept.
+        """
+        row_sink = getattr(self.store, "row_sink", None)
+        return row_sink(request) if row_sink is not None else None
 
     def close(self) -> None:  # noqa: B027  (optional hook: most executors hold nothing)
         """Release what the executor holds (nothing by default)."""

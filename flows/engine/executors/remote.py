@@ -9,12 +9,17 @@ and retry budget. This executor adds the orchestrator's side of the same semanti
 * it checks the endpoint's breaker before dispatching a batch, and feeds it what the worker's result
   says (transport failures, a worker whose circuit opened), so an outage stops dispatching here too;
 * a batch that cannot be dispatched (every attempt crashed, no pool) becomes a result whose rows
-  carry the error, like a batch that failed locally; nothing is raised past the engine.
+  carry the error, like a batch that failed locally; nothing is raised past the engine;
+* the worker journals each row as it completes (`flows.guards.resume.BatchJournals`: the store's
+  ``worker_rows``, whose key travels as run-step's ``resume_key``), so a re-dispatch after its
+  worker died runs only the rows not yet done; the store removes the journals once it keeps the
+  result (issue 26).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from dspex.exceptions import DSPexError, PoolUnavailableError
 from dspex.settings import Settings
@@ -67,6 +72,12 @@ class RemoteExecutor(BatchExecutor):
         status = self.dispatcher.pool_status_cached(pool)
         return max(len(status.live_workers) if status is not None else 0, 1)
 
+    def _row_sink(self, request: BatchRequest) -> Any:
+        """The journals the worker keeps the batch's rows in (the store's ``worker_rows``), not a
+        journal here: the rows complete on the worker."""
+        worker_rows = getattr(self.store, "worker_rows", None)
+        return worker_rows(request) if worker_rows is not None else None
+
     def _run(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
         if request.step.kind != "module":
@@ -96,6 +107,8 @@ class RemoteExecutor(BatchExecutor):
 
     def _dispatch(self, request: BatchRequest) -> BatchResult:
         n = len(request.rows)
+        resume_key = getattr(request.rows_sink, "key", None)
+        journal = {"resume_key": resume_key} if resume_key else {}  # the worker journals its rows
         try:
             with tracing.dispatch_span(str(request.step.name), request.pool, n, request.batch_key) as carrier:
                 return self.dispatcher.dispatch(
@@ -105,6 +118,7 @@ class RemoteExecutor(BatchExecutor):
                     request.batch_key,
                     request.timeout_s,
                     trace_context=carrier,
+                    **journal,
                 )
         except PoolUnavailableError:
             raise  # a policy decision (fallback 'fail'): the run fails fast, as the router would
