@@ -300,10 +300,10 @@ def _current_round(
     if last.status == "preparing":
         found = client.find(last.key)  # submitted just before a crash: adopt it, never submit twice
         if found is None:
-            lines = [
+            lines = (  # made one at a time as the file is written (10,000 dicts alive wake the GC)
                 {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
                 for key, body in pending.items()
-            ]
+            )
             last.file_id = client.upload(lines, f"{last.key}.jsonl")
             found = client.create(last.file_id, {"dspex_key": last.key}, window)
         last.batch_id = found.id
