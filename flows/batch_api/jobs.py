@@ -2,8 +2,10 @@
 
 ``<payload_url>/lm_batches/<job>/state.json`` holds the rounds (idempotency key, file and batch ids,
 provider status, submitted/completed times, checks) and each request's failed attempts;
-``answers-<round>.json`` holds a finished round's answers (request key -> the raw answer). Both are
-JSON, written atomically (`tasks.payloads.storage`); nothing is pickled and no key is stored. The job
+``answers-<round>.json`` holds a finished round's answers (request key -> the raw answer);
+``round-<round>.json``, written once when the round is created, holds its request keys (so a later
+run collects a submitted round without replaying the rows to find them) and the replay memo's entries
+made by the replay that created it (`tasks.lm.replay_memo`). All are JSON, written atomically (`tasks.payloads.storage`); nothing is pickled and no key is stored. The job
 id (`job_id`) is a hash of the step's definition, the LM's identity and the rows' inputs, so any run
 over the same rows (a restarted process, a re-check flow run) finds the same job.
 """
@@ -90,8 +92,9 @@ class LMBatchRecord(BaseModel):
     online_fallbacks: int = 0
     replay_ms: list[float] = Field(
         default_factory=list,
-        description="Per round: running the waiting rows' programs (DSPy's formatting and parsing of every "
-        "call, earlier rounds' replayed ones included).",
+        description="Per round: running the waiting rows' programs from the start (DSPy's formatting of the "
+        "round's new calls and parsing of the newly answered ones; calls replayed from the replay memo are "
+        "neither formatted nor parsed again).",
     )
     io_ms: list[float] = Field(
         default_factory=list,
@@ -120,6 +123,7 @@ class BatchJob:
     def __init__(self, base_url: str, state: BatchJobState) -> None:
         self.folder = storage.join(base_url, f"{BATCH_PREFIX}/{state.job}")
         self.state = state
+        self._rounds: dict[int, dict[str, Any] | None] = {}
 
     @classmethod
     def open(cls, base_url: str, fresh: BatchJobState) -> BatchJob:
@@ -138,6 +142,53 @@ class BatchJob:
     def write_answers(self, number: int, answers: dict[str, Answer]) -> None:
         data = json.dumps({k: a.to_json() for k, a in answers.items()}, separators=(",", ":")).encode()
         storage.write_atomic(storage.join(self.folder, f"answers-{number}.json"), data)
+
+    def write_round(self, number: int, requests: list[str], memo: dict[str, Any]) -> None:
+        """Keep round ``number``'s request keys and the replay memo entries made with it."""
+        data = {"requests": requests, "memo": memo}
+        storage.write_atomic(
+            storage.join(self.folder, f"round-{number}.json"),
+            json.dumps(data, separators=(",", ":")).encode(),
+        )
+        self._rounds[number] = data
+
+    def round_requests(self, number: int) -> list[str] | None:
+        """Round ``number``'s request keys (None: its run kept none, as before round files)."""
+        data = self._round(number)
+        return None if data is None else list(data["requests"])
+
+    def replay_memo(self) -> tuple[dict[str, str], dict[str, list[Any]]]:
+        """The replay memo's entries saved with the rounds (`tasks.lm.replay_memo.ReplayMemo`'s input)."""
+        known: dict[str, str] = {}
+        outputs: dict[str, list[Any]] = {}
+        for r in self.state.rounds:
+            data = self._round(r.number)
+            if data is not None:
+                known.update(data["memo"]["known"])
+                outputs.update(data["memo"]["outputs"])
+        return known, outputs
+
+    def _round(self, number: int) -> dict[str, Any] | None:
+        if number in self._rounds:
+            return self._rounds[number]
+        uri = storage.join(self.folder, f"round-{number}.json")
+        data: dict[str, Any] | None = None
+        if storage.exists(uri):
+            try:
+                raw = json.loads(bytes(memoryview(storage.read_bytes(uri))))
+            except (OSError, PayloadError, ValueError) as exc:
+                raise PayloadError(f"batch round {number} unreadable: {exc}", uri=uri) from exc
+            memo = raw.get("memo") if isinstance(raw, dict) else None
+            if not (
+                isinstance(memo, dict)
+                and isinstance(raw.get("requests"), list)
+                and isinstance(memo.get("known"), dict)
+                and isinstance(memo.get("outputs"), dict)
+            ):
+                raise PayloadError(f"batch round {number} is not a round file", uri=uri)
+            data = raw
+        self._rounds[number] = data
+        return data
 
     def answers(self) -> dict[str, Answer]:
         found: dict[str, Answer] = {}

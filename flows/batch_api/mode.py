@@ -2,22 +2,26 @@
 
 Each round runs every waiting row's program from the start with a `tasks.lm.replay.ReplayLM`: calls
 answered in earlier rounds are replayed from the response store, and the first unanswered call ends
-the row for this round and is recorded. The round's requests (one per distinct request: rows asking
-the same thing share it) are written as one JSONL file, uploaded and submitted as one batch
-(`tasks.lm.batch_api`). When the batch ends, its answers join the store and the next round runs. A
-program that makes *k* LM calls per row (ChainOfThought: 1, two predictors: 2, ReAct: up to its
-iterations + 1) takes *k* rounds; each round holds every row still waiting. Rows are run through
-`tasks.batch.execute_module_batch`, the online path's own row logic (inputs, signature checks,
-outputs, error classification), so a row's outputs and errors are what the online run gives for
-the same answers.
+the row for this round and is recorded. A replayed call is not formatted again: the replay memo
+(`tasks.lm.replay_memo`) gives a call parsed before its outputs, and a call whose request is known
+its answer without formatting the request, so a round formats only its new calls. The round's
+requests (one per distinct request: rows asking the same thing share it) are written as one JSONL
+file, uploaded and submitted as one batch (`tasks.lm.batch_api`). When the batch ends, its answers
+join the store and the next round runs. A program that makes *k* LM calls per row (ChainOfThought:
+1, two predictors: 2, ReAct: up to its iterations + 1) takes *k* rounds; each round holds every row
+still waiting. Rows are run through `tasks.batch.execute_module_batch`, the online path's own row
+logic (inputs, signature checks, outputs, error classification), so a row's outputs and errors are
+what the online run gives for the same answers.
 
 State: ``<payload_url>/lm_batches/<job>/state.json`` (rounds: idempotency key, file and batch ids,
-submitted/completed times, checks) and ``answers-<round>.json`` (request key -> the raw answer),
-JSON only, written atomically. The job id is a hash of the step's definition, the LM's identity and
-the rows' inputs, so a restarted run (a new process, a re-check flow run) finds the same job. A round
-is recorded as *preparing* before its file is uploaded, and the batch carries its idempotency key in
-its metadata: after a crash between the two, the run looks the batch up by that key (``GET
-/batches``) instead of submitting again, so no request is submitted twice.
+submitted/completed times, checks), ``round-<round>.json`` (the round's request keys and replay memo
+entries, written once) and ``answers-<round>.json`` (request key -> the raw answer), JSON only,
+written atomically. A run that finds a submitted round collects it before replaying anything. The
+job id is a hash of the step's definition, the LM's identity and the rows' inputs, so a restarted
+run (a new process, a re-check flow run) finds the same job. A round is recorded as *preparing*
+before its file is uploaded, and the batch carries its idempotency key in its metadata: after a
+crash between the two, the run looks the batch up by that key (``GET /batches``) instead of
+submitting again, so no request is submitted twice.
 
 Waiting: a local run (Python, ``dspex run``) polls in-process with backoff (``DSPEX_LM_BATCH_POLL_SECONDS``
 doubling to ``DSPEX_LM_BATCH_POLL_MAX_SECONDS``). A deployment run does not hold its worker: when the
@@ -36,10 +40,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import dspy
 
 from dspex.exceptions import LMBatchPendingError, is_retryable
 from flows.batch_api.estimates import record_batch_wait
@@ -59,6 +65,7 @@ from tasks.batch import BatchResult, RowError, execute_module_batch
 from tasks.lm.batch_api import BatchClient, BatchInfo
 from tasks.lm.batch_pricing import batch_rates, batch_usage
 from tasks.lm.replay import Answer, NeedsAnswer, ReplayLM, ResponseStore, error_for
+from tasks.lm.replay_memo import ReplayMemo
 from tasks.retry import RetryPolicy
 from tasks.rows import ERROR_FIELD, set_field
 from tasks.usage import Usage
@@ -182,15 +189,17 @@ def run_batch_step(
             rows=len(subset),
         )
         job = BatchJob.open(settings.resolved_payload_url, fresh)
+        done = None
         if mode.wait == "exit":
-            _check_first(client, job, ctx)  # a re-check of a batch still pending costs no replay
+            done = _check_first(client, job, ctx)  # a re-check of a batch still pending costs no replay
         store = ResponseStore(job.answers())
+        memo = ReplayMemo(store, *job.replay_memo())
         policy = RetryPolicy.from_settings(settings)
         waiting = list(range(len(subset)))
         outputs: list[dict[str, Any] | None] = [None] * len(subset)
         errors: list[RowError | None] = [None] * len(subset)
         online_usage: list[Usage] = []
-        fallbacks = 0
+        fallbacks = _collect_submitted(client, job, done, store, policy, mode.fallback, model, ctx)
         while waiting:
             if ctx.stopping():
                 stop = RowError(
@@ -203,14 +212,15 @@ def run_batch_step(
                     errors[n] = stop
                 break
             round_start = time.perf_counter()
-            result = execute_module_batch(
-                step,
-                [subset[n] for n in waiting],
-                lm=ReplayLM(lm, store),
-                submit=_inline,
-                policy=RetryPolicy(attempts=1),  # rounds retry, not the replay (see _collect)
-                pool="provider-batch",
-            )
+            with dspy.context(adapter=memo.adapter(dspy.settings.adapter)):
+                result = execute_module_batch(
+                    step,
+                    [subset[n] for n in waiting],
+                    lm=ReplayLM(lm, store),
+                    submit=_inline,
+                    policy=RetryPolicy(attempts=1),  # rounds retry, not the replay (see _collect)
+                    pool="provider-batch",
+                )
             online_usage.append(result.usage)  # only online fallbacks report usage
             still = []
             for n, output, error in zip(waiting, result.outputs, result.errors, strict=True):
@@ -223,7 +233,7 @@ def run_batch_step(
             if not pending:
                 break
             replayed = time.perf_counter()
-            current = _current_round(job, client, pending, settings.lm_batch_completion_window)
+            current = _current_round(job, client, pending, settings.lm_batch_completion_window, memo)
             if not current.replay_ms:  # the run that submitted the round measured it
                 current.replay_ms = round((replayed - round_start) * 1000, 1)
                 current.io_ms = round((time.perf_counter() - replayed) * 1000, 1)
@@ -271,25 +281,26 @@ def run_batch_step(
 
 
 def _current_round(
-    job: BatchJob, client: BatchClient, pending: dict[str, dict[str, Any]], window: str
+    job: BatchJob, client: BatchClient, pending: dict[str, dict[str, Any]], window: str, memo: ReplayMemo
 ) -> RoundState:
     """The round holding ``pending``: the unfinished one an earlier run submitted (or was submitting),
-    else a new one, recorded as *preparing* before anything is uploaded."""
+    else a new one, recorded as *preparing* (with its round file) before anything is uploaded."""
     last = job.state.rounds[-1] if job.state.rounds else None
     if last is None or last.status == "done":
         last = RoundState(
             number=len(job.state.rounds) + 1, key=f"dspex-{job.state.job}-r{len(job.state.rounds) + 1}"
         )
+        job.write_round(last.number, list(pending), memo.take_new())
         job.state.rounds.append(last)
         last.requests = len(pending)
         job.save()
     if last.status == "preparing":
         found = client.find(last.key)  # submitted just before a crash: adopt it, never submit twice
         if found is None:
-            lines = [
+            lines = (  # made one at a time as the file is written (10,000 dicts alive wake the GC)
                 {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
                 for key, body in pending.items()
-            ]
+            )
             last.file_id = client.upload(lines, f"{last.key}.jsonl")
             found = client.create(last.file_id, {"dspex_key": last.key}, window)
         last.batch_id = found.id
@@ -301,12 +312,41 @@ def _current_round(
     return last
 
 
-def _check_first(client: BatchClient, job: BatchJob, ctx: EngineContext) -> None:
+def _check_first(client: BatchClient, job: BatchJob, ctx: EngineContext) -> BatchInfo | None:
     """Before replaying: when the job's last round was submitted and its batch is still not done,
-    raise `LMBatchPendingError` at once (a re-check run then costs one status call, not a replay)."""
+    raise `LMBatchPendingError` at once (a re-check run then costs one status call, not a replay).
+    Returns the batch once it is done (None: no round was waiting)."""
     last = job.state.rounds[-1] if job.state.rounds else None
     if last is not None and last.status == "submitted" and last.batch_id:
-        _wait(client, job, last, ctx)  # returns when the batch is done: the rounds then go on
+        return _wait(client, job, last, ctx)  # returns when the batch is done: the rounds then go on
+    return None
+
+
+def _collect_submitted(
+    client: BatchClient,
+    job: BatchJob,
+    info: BatchInfo | None,
+    store: ResponseStore,
+    policy: RetryPolicy,
+    fallback: str,
+    model: str,
+    ctx: EngineContext,
+) -> int:
+    """A round an earlier run submitted, collected (waited for first) before any replay: replaying
+    the rows only to find its requests again would cost a round's work. Returns the online fallbacks.
+
+    A round recorded before round files were kept is left to the replay, which finds its requests.
+    """
+    last = job.state.rounds[-1] if job.state.rounds else None
+    if last is None or last.status != "submitted" or not last.batch_id:
+        return 0
+    requests = job.round_requests(last.number)
+    if requests is None:
+        return 0
+    if info is None or info.id != last.batch_id or not info.done:
+        info = _wait(client, job, last, ctx)
+    started = time.perf_counter()
+    return _collect(client, info, job, last, set(requests), store, policy, fallback, model, started)
 
 
 def _wait(client: BatchClient, job: BatchJob, current: RoundState, ctx: EngineContext) -> BatchInfo:
@@ -343,7 +383,7 @@ def _collect(
     info: BatchInfo,
     job: BatchJob,
     current: RoundState,
-    pending: dict[str, dict[str, Any]],
+    pending: Collection[str],
     store: ResponseStore,
     policy: RetryPolicy,
     fallback: str,
@@ -367,7 +407,7 @@ def _collect(
     failed: dict[str, Answer] = {}
     for line in lines:
         key = line.get("custom_id")
-        if key not in pending:
+        if not isinstance(key, str) or key not in pending:
             continue
         response = line.get("response") or {}
         status = int(response.get("status_code") or 0)

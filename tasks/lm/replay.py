@@ -14,6 +14,10 @@ LM call the program makes is turned into the ``/v1/chat/completions`` body the o
 own) cannot swallow it, and DSPy's JSON-adapter fallback, which catches parse errors only, never
 sees it. Replayed answers add no usage: batch mode counts each answered request once, at the batch
 price, from the responses themselves.
+
+A replayed call already answered need not be formatted again (`tasks.lm.replay_memo`): its adapter
+hands over a `KnownRequest` (the key alone) instead of the messages, and each key a call asks for is
+noted in the `CALLS` collectors of the adapter calls around it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,32 @@ import dspy
 
 from tasks.lm.batch_api import chat_body
 
-__all__ = ["Answer", "NeedsAnswer", "ReplayLM", "ResponseStore", "error_for", "request_key"]
+__all__ = [
+    "CALLS",
+    "SKIP_FORMAT",
+    "Answer",
+    "KnownRequest",
+    "NeedsAnswer",
+    "ReplayLM",
+    "ResponseStore",
+    "error_for",
+    "request_key",
+]
+
+#: The request keys asked for inside each adapter call in progress (innermost last): ReplayLM adds
+#: every key it looks up to each.
+CALLS: ContextVar[tuple[list[str], ...]] = ContextVar("dspex_replay_calls", default=())
+#: (adapter, request key): that adapter's next ``format`` returns a `KnownRequest` of the key.
+SKIP_FORMAT: ContextVar[tuple[Any, str] | None] = ContextVar("dspex_replay_skip_format", default=None)
+
+
+class KnownRequest(list[Any]):
+    """What an adapter's ``format`` gives instead of messages when the request is already known and
+    answered (an empty list: nothing reads it but `ReplayLM`, which answers by ``key``)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
 
 
 class NeedsAnswer(BaseException):
@@ -171,13 +201,20 @@ class ReplayLM(dspy.BaseLM):
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """Answer one call from the store (or raise `NeedsAnswer`)."""
-        if messages is None:
-            messages = [{"role": "user", "content": prompt}]
         merged = {**self.kwargs, **kwargs}
-        body = chat_body(str(self.model), list(messages), merged)
-        key = request_key(body, merged.get("rollout_id"))
+        if isinstance(messages, KnownRequest):
+            key, body = messages.key, None
+        else:
+            if messages is None:
+                messages = [{"role": "user", "content": prompt}]
+            body = chat_body(str(self.model), list(messages), merged)
+            key = request_key(body, merged.get("rollout_id"))
+        for seen in CALLS.get():
+            seen.append(key)
         answer = self.store.get(key)
-        if answer is None:
+        if answer is None or (body is None and answer.online):
+            if body is None:  # the memo hands over a known request only when its answer is here
+                raise RuntimeError(f"batch replay: known request {key} has no answer to replay")
             self.store.record(key, body)
             raise NeedsAnswer(key)
         if answer.online:

@@ -5,6 +5,8 @@ server answers, the typed error an online call raises, the online cost. The mode
 ``openai/gpt-4o-mini`` (served by the loopback server) so the cost map prices it online and in batch.
 """
 
+import json
+
 import dspy
 import pytest
 from support.openai_server import Fault, openai_server
@@ -148,6 +150,42 @@ def test_a_run_that_exits_while_the_batch_is_pending_resumes_without_submitting_
     assert done.rows() == run_pipeline(spec, data=rows, lm=lm, resume=False).rows()
 
 
+def test_each_check_replays_only_new_calls_and_a_done_round_is_collected_first(server, monkeypatch):
+    """Exit mode, a two-predictor program: every check is a new run (as a deployment's re-check is),
+    so the replay memo comes from the round files. A check that finds its round done collects it
+    before replaying (no replay just to find the round's requests again): three replays in all (two
+    rounds and the last), each call formatted once, and the rows are the online rows."""
+    import registry
+    from flows import batch_mode
+    from tasks.lm.replay_memo import ReplayMemo
+
+    registry.register_user_module("fixtures_pkg.batch_programs:DraftThenAnswer", category="custom")
+    replays, memos = [], []
+    real_execute, real_init = batch_mode.execute_module_batch, ReplayMemo.__init__
+
+    def counted_execute(*args, **kwargs):
+        replays.append(len(args[1]))
+        return real_execute(*args, **kwargs)
+
+    def kept_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        memos.append(self)
+
+    monkeypatch.setattr(batch_mode, "execute_module_batch", counted_execute)
+    monkeypatch.setattr(ReplayMemo, "__init__", kept_init)
+    server.batch.delay_s = 0.3
+    spec, lm, rows = spec_of(PROGRAMS["two_predictors"][0]), lm_for(server), data(3)
+    for _ in range(100):
+        result = run_pipeline(spec, data=rows, lm=lm, lm_batch=True, lm_batch_wait="exit", resume=False)
+        if not isinstance(result, LMBatchPendingError):
+            break
+    assert replays == [3, 3, 3]
+    stats = [sum(getattr(m.stats, name) for m in memos) for name in ("formatted", "unformatted", "replayed")]
+    assert stats == [6, 6, 3]  # 6 requests formatted once; 6 answers parsed without it; 3 given back
+    assert result.summary.failed == 0 and server.batch.duplicates == []
+    assert result.rows() == run_pipeline(spec, data=rows, lm=lm, resume=False).rows()
+
+
 def test_a_crash_between_submitting_and_recording_adopts_the_submitted_batch(server, monkeypatch):
     from tasks.lm.batch_api import BatchClient
 
@@ -171,8 +209,11 @@ def test_the_job_state_is_json_under_the_payload_folder(server, tmp_path, monkey
     monkeypatch.setenv("DSPEX_PAYLOAD_URL", str(tmp_path / "payloads"))
     run_pipeline(spec_of(PROGRAMS["predict"][0]), data=data(2), lm=lm_for(server), lm_batch=True)
     (job,) = (tmp_path / "payloads" / BATCH_PREFIX).iterdir()
-    assert sorted(p.name for p in job.iterdir()) == ["answers-1.json", "state.json"]
-    assert "sk-batch-secret" not in (job / "state.json").read_text() + (job / "answers-1.json").read_text()
+    assert sorted(p.name for p in job.iterdir()) == ["answers-1.json", "round-1.json", "state.json"]
+    for name in ("state.json", "answers-1.json", "round-1.json"):
+        assert "sk-batch-secret" not in (job / name).read_text()
+    saved = json.loads((job / "round-1.json").read_text())
+    assert len(saved["requests"]) == 2 and len(saved["memo"]["known"]) == 2  # each row's first call
 
 
 def lookup(query: str) -> str:
