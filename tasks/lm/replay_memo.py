@@ -1,6 +1,6 @@
 """Replaying a row's answered LM calls without formatting them again (issue 21).
 
-Batch mode runs every waiting row's program from the start in each round (`flows.batch_mode`), so
+Batch mode runs every waiting row's program from the start in each round (`flows.batch_api.mode`), so
 the calls answered in earlier rounds are made again. Through DSPy's adapter each one costs a full
 prompt format (the system message, a pydantic ``TypeAdapter`` per field value), a request hash, and
 a parse. `ReplayMemo` keeps what those calls gave, by a *fingerprint* of the adapter call:

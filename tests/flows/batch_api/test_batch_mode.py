@@ -156,7 +156,7 @@ def test_each_check_replays_only_new_calls_and_a_done_round_is_collected_first(s
     before replaying (no replay just to find the round's requests again): three replays in all (two
     rounds and the last), each call formatted once, and the rows are the online rows."""
     import registry
-    from flows import batch_mode
+    from flows.batch_api import mode as batch_mode
     from tasks.lm.replay_memo import ReplayMemo
 
     registry.register_user_module("fixtures_pkg.batch_programs:DraftThenAnswer", category="custom")

@@ -1,6 +1,6 @@
 """The replay memo (issue 21): a batch round formats only its new LM calls, and answers stay the same.
 
-The rounds run as `flows.batch_mode` runs them (`execute_module_batch` with a `ReplayLM`, rows
+The rounds run as `flows.batch_api.mode` runs them (`execute_module_batch` with a `ReplayLM`, rows
 inline), with the provider's answers put in the store by hand. Every test compares with the same
 rounds replayed without the memo, the path the batch-mode tests compare with the online run.
 """
@@ -15,7 +15,7 @@ import pytest
 from dspy.utils.callback import BaseCallback
 
 from flows import PipelineSpec
-from flows.batch_mode import _inline
+from flows.batch_api.mode import _inline
 from tasks.batch import execute_module_batch
 from tasks.lm.replay import Answer, ReplayLM, ResponseStore
 from tasks.lm.replay_memo import ReplayMemo
