@@ -12,7 +12,9 @@ between checks nothing runs (the scheduled re-check of a deployment). Printed:
   time, the rounds' own work included (replaying the rows' programs, submitting, collecting);
 * our overhead per round (target: <= 2 s for 10,000 rows): building, uploading and submitting the
   file and collecting the answers; and, apart, the time the rows' programs take to reach their next
-  call (DSPy's own prompt formatting and parsing of every call, earlier rounds' replayed ones too).
+  call (each row's program runs from the start: DSPy formats the round's new calls and parses the
+  newly answered ones; the calls answered before come from the replay memo, neither formatted nor
+  parsed again, so what grows with the rounds is DSPy's own per-call ``Predict`` overhead).
 
 The provider answers with a fixed reply holding both predictors' fields (fast, so the figures are ours).
 
@@ -120,7 +122,7 @@ def main() -> int:
         replay = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.replay_ms)
         io = ", ".join(f"{ms / 1000:.2f} s" for ms in batch.io_ms)
         print(
-            f"per round, running the rows' programs (DSPy's own formatting/parsing, replays included): {replay}"
+            f"per round, running the rows' programs (from the start; DSPy formats the new calls only): {replay}"
         )
         print(f"per round, our files and calls (JSONL, upload, submit, collect, state): {io}")
         print(
