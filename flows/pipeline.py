@@ -224,6 +224,8 @@ def run_pipeline(
             ``DSPEX_MAX_COST_USD``); completed rows are kept (`flows.guards.budget`).
         pipelined: Run chunks of rows through the steps without a barrier between steps, so a slow
             batch holds back only its own rows (`flows.engine.streaming`); the output order is the same.
+            A step in batch mode (``lm_batch``) is a barrier: the chunks meet, and one batch per round
+            holds every row.
         chunk_rows: Rows per chunk when pipelined (default: about 32 chunks).
         lm_batch: Send module steps' LM calls through the provider's batch API (`flows.batch_api.mode`);
             None: the spec's ``lm_batch``, else ``DSPEX_LM_BATCH_API`` (off).
@@ -277,8 +279,6 @@ def run_pipeline(
     ctx.failures.max_errors = _max_errors(spec, settings, continue_on_error, max_errors)
     run_control.attach(ctx, spec, settings, resume=resume, max_cost_usd=max_cost_usd)
     ctx.batch_mode = batch_mode_for(spec, settings, lm_batch, lm_batch_wait)  # provider batches (issue 21)
-    if ctx.batch_mode is not None and pipelined:
-        raise InputValidationError("lm_batch and pipelined cannot be combined: a batch round holds every row")
     if settings.mode == "distributed":
         ctx.executor = RemoteExecutor(settings, stop=ctx.stopping, store=ctx.resume)
     check_pools(spec.steps, ctx)

@@ -106,6 +106,7 @@ def stream_pipeline(
     continue_on_error: bool | None = None,
     chunk_rows: int | None = None,
     resume: bool | None = None,
+    lm_batch: bool | list[str] | None = None,
 ) -> PipelineStream:
     """Run a pipeline and iterate its output rows as they complete.
 
@@ -125,6 +126,10 @@ def stream_pipeline(
         continue_on_error: Override the spec's ``continue_on_error``.
         chunk_rows: Rows per chunk (default: `default_chunk_rows`).
         resume: Reuse rows earlier runs completed (default ``DSPEX_RESUME``; `flows.guards.resume`).
+        lm_batch: Send module steps' LM calls through the provider's batch API (as for
+            `run_pipeline`; None: the spec's, else ``DSPEX_LM_BATCH_API``). A batch step is a barrier:
+            its rows come out once the provider has answered every round; the stream waits for it
+            here (``lm_batch_wait="poll"``), since a consumer is reading.
 
     Raises:
         Whatever `run_pipeline` raises, from the iteration, after every completed row was yielded.
@@ -142,6 +147,8 @@ def stream_pipeline(
                 pipelined=True,
                 chunk_rows=chunk_rows,
                 resume=resume,
+                lm_batch=lm_batch,
+                lm_batch_wait="poll",
             )
         finally:
             STREAM_SINK.reset(token)

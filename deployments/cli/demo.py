@@ -178,13 +178,9 @@ def run(
         if stream:  # pipelined, rows to stdout as they complete (issue 15)
             from deployments.cli.stream import stream_rows
 
-            if batch_api:  # a batch round holds every row: nothing streams (never silently online)
-                raise InputValidationError(
-                    "--stream and --batch-api cannot be combined: a batch round holds every row "
-                    "until the provider answers; drop --stream to run in batch mode"
-                )
-
-            stream_rows(spec, data, mode=mode, continue_on_error=continue_on_error)
+            # With --batch-api, a batch step is a barrier: its rows come out once the provider answered.
+            lm_batch = True if batch_api else None
+            stream_rows(spec, data, mode=mode, continue_on_error=continue_on_error, lm_batch=lm_batch)
             return
         result = run_pipeline(  # type: ignore[call-overload]  # the Flow validates mode
             spec,

@@ -20,7 +20,9 @@ __all__ = ["stream_rows"]
 _stderr = Console(stderr=True)
 
 
-def stream_rows(spec: Any, data: str, *, mode: str, continue_on_error: bool | None) -> None:
+def stream_rows(
+    spec: Any, data: str, *, mode: str, continue_on_error: bool | None, lm_batch: bool | None = None
+) -> None:
     """Run ``spec`` over ``data`` pipelined, writing each output row to stdout as it completes.
 
     Raises:
@@ -30,7 +32,7 @@ def stream_rows(spec: Any, data: str, *, mode: str, continue_on_error: bool | No
     from dspex.exceptions import DSPexError, StepExecutionError
     from flows import stream_pipeline
 
-    stream = stream_pipeline(spec, data, mode=mode, continue_on_error=continue_on_error)  # type: ignore[arg-type]  # the flow validates mode
+    stream = stream_pipeline(spec, data, mode=mode, continue_on_error=continue_on_error, lm_batch=lm_batch)  # type: ignore[arg-type]  # the flow validates mode
     written = 0
     out = sys.stdout
     try:

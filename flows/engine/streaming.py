@@ -4,8 +4,8 @@ The barrier engine (`flows.engine.core.run_steps` over all rows) runs step 1 on 
 every row, so one slow batch holds back the whole pipeline and nobody sees a row before the end.
 `run_pipelined` cuts the rows into chunks and runs each chunk through the step chain on its own
 (``run_steps(steps, chunk, ctx)``, the same engine), concurrently: a chunk goes to step 2 the moment
-its step 1 is done. Only a step that needs every row (one served by the optimizer pool) is a
-barrier: the chunks meet there, the step runs once over all rows, and chunking resumes after it.
+its step 1 is done. Only a step that needs every row (one served by the optimizer pool, or one in
+provider batch mode, whose round holds every waiting row) is a barrier: the chunks meet there, the step runs once over all rows, and chunking resumes after it.
 Completed chunks are handed to a sink as they finish; the returned rows keep the input order.
 
 `flows.stream.stream_pipeline` hands the run a sink (`STREAM_SINK`) and a cancel event
@@ -50,8 +50,12 @@ _MAX_CONCURRENT_CHUNKS = 64
 _FIRST_CHUNK_ROWS = 8
 
 
-def is_barrier(step: Any) -> bool:
-    """Whether a step needs every row at once (an optimizer-pool module), so chunks meet before it."""
+def is_barrier(step: Any, batch_mode: Any = None) -> bool:
+    """Whether a step needs every row at once, so chunks meet before it: an optimizer-pool module, or
+    a step that goes through the provider's batch API (``batch_mode``, a `BatchMode`: one batch round
+    holds every waiting row, not one batch per chunk)."""
+    if batch_mode is not None and batch_mode.applies(step):
+        return True
     if getattr(step, "pool", None) == "optimizer":
         return True
     if isinstance(step, ModuleStep):
@@ -92,7 +96,7 @@ def run_pipelined(
     sink = sink or STREAM_SINK.get()
     cancel = cancel or STREAM_CANCEL.get()
     size = chunk_rows or default_chunk_rows(len(rows))
-    segments = _segments(steps)
+    segments = _segments(steps, ctx.batch_mode)
     for n, (barrier, segment) in enumerate(segments):
         last = n == len(segments) - 1
         if ctx.stop or (cancel is not None and cancel.is_set()):
@@ -106,10 +110,10 @@ def run_pipelined(
     return rows
 
 
-def _segments(steps: list[Any]) -> list[tuple[bool, list[Any]]]:
+def _segments(steps: list[Any], batch_mode: Any = None) -> list[tuple[bool, list[Any]]]:
     segments: list[tuple[bool, list[Any]]] = []
     for step in steps:
-        if is_barrier(step):
+        if is_barrier(step, batch_mode):
             segments.append((True, [step]))
         elif segments and not segments[-1][0]:
             segments[-1][1].append(step)

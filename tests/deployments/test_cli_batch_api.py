@@ -76,10 +76,11 @@ def test_batch_waits_are_learned_apart_from_the_online_durations(provider, files
     assert step["duration_source"] == "static"  # no online latency was learned from it
 
 
-def test_stream_with_batch_api_is_refused_before_anything_is_sent(provider, files):
+def test_stream_with_batch_api_streams_rows_once_the_batch_answered(provider, files):
     spec, data = files
     result = runner.invoke(app, ["run", str(spec), str(data), "--stream", "--batch-api"])
-    assert result.exit_code == 2, result.output
-    assert "--stream and --batch-api cannot be combined" in result.output
-    assert len(provider.batch.batches) == 0
-    assert provider.chat_requests == []
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["_row"] for r in rows) == list(range(8))
+    assert all(r["answer"] and "_error" not in r for r in rows)
+    assert len(provider.batch.batches) == 1 and provider.chat_requests == []  # one batch, none online
