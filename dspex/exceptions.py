@@ -61,6 +61,7 @@ __all__ = [
     "DispatchError",
     "InputValidationError",
     "InvalidModuleInfoError",
+    "LMBatchAmbiguousError",
     "LMBatchError",
     "LMBatchPendingError",
     "LMBatchUnsupportedError",
@@ -375,8 +376,9 @@ class DispatchError(DSPexError, RuntimeError):
 
 
 class LMBatchError(DSPexError, RuntimeError):
-    """A provider batch (``/v1/files`` + ``/v1/batches``, `flows.batch_api.mode`) that cannot go on: the
-    provider refused an upload or a batch, or answered with something that is not a batch."""
+    """A provider batch (OpenAI's ``/v1/files`` + ``/v1/batches``, Anthropic's ``/v1/messages/batches``,
+    `flows.batch_api.mode`) that cannot go on: the provider refused an upload or a batch, or answered
+    with something that is not a batch."""
 
     code = "lm_batch_error"
     retryable = True
@@ -384,10 +386,28 @@ class LMBatchError(DSPexError, RuntimeError):
 
 class LMBatchUnsupportedError(LMBatchError):
     """Batch mode was asked for, but the LM or its provider has no batch API (an offline LM, a custom
-    client, a server answering 404 on ``/v1/batches``); raised before any request is sent."""
+    client, a server answering 404 on ``/v1/batches`` or ``/v1/messages/batches``); raised before any
+    request is sent."""
 
     code = "lm_batch_unsupported"
     retryable = False
+
+
+class LMBatchAmbiguousError(LMBatchError):
+    """A round whose run stopped while submitting it, and more than one provider batch that could be
+    the one it submitted (Anthropic's Message Batches carry no metadata to tell them apart,
+    `tasks.lm.anthropic_batch`): nothing is submitted again until the duplicates are cancelled.
+
+    Attributes:
+        batch_ids: The batches that fit.
+    """
+
+    code = "lm_batch_ambiguous"
+    retryable = False
+
+    def __init__(self, message: str, *, batch_ids: list[str]) -> None:
+        self.batch_ids = list(batch_ids)
+        super().__init__(message)
 
 
 class LMBatchPendingError(LMBatchError):

@@ -44,9 +44,16 @@ class RoundState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     number: int
-    key: str = Field(description="Idempotency key, sent as the batch's metadata dspex_key.")
+    key: str = Field(
+        description="Idempotency key, sent as the batch's metadata dspex_key (where it has metadata)."
+    )
     status: Literal["preparing", "submitted", "done"] = "preparing"
     requests: int = 0
+    prepared_at: str | None = Field(
+        default=None,
+        description="When the round was recorded as preparing: a provider whose batches carry no metadata "
+        "(Anthropic) finds a batch submitted before a crash by this time and the request count.",
+    )
     file_id: str | None = None
     batch_id: str | None = None
     provider_status: str | None = None

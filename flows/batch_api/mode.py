@@ -5,8 +5,9 @@ answered in earlier rounds are replayed from the response store, and the first u
 the row for this round and is recorded. A replayed call is not formatted again: the replay memo
 (`tasks.lm.replay_memo`) gives a call parsed before its outputs, and a call whose request is known
 its answer without formatting the request, so a round formats only its new calls. The round's
-requests (one per distinct request: rows asking the same thing share it) are written as one JSONL
-file, uploaded and submitted as one batch (`tasks.lm.batch_api`). When the batch ends, its answers
+requests (one per distinct request: rows asking the same thing share it) are submitted as one batch
+through the LM's provider client (`tasks.lm.batch_clients.client_for`: an OpenAI-compatible JSONL
+file upload, or Anthropic's Message Batches with the requests inline). When the batch ends, its answers
 join the store and the next round runs. A program that makes *k* LM calls per row (ChainOfThought:
 1, two predictors: 2, ReAct: up to its iterations + 1) takes *k* rounds; each round holds every row
 still waiting. Rows are run through `tasks.batch.execute_module_batch`, the online path's own row
@@ -19,9 +20,10 @@ entries, written once) and ``answers-<round>.json`` (request key -> the raw answ
 written atomically. A run that finds a submitted round collects it before replaying anything. The
 job id is a hash of the step's definition, the LM's identity and the rows' inputs, so a restarted
 run (a new process, a re-check flow run) finds the same job. A round is recorded as *preparing*
-before its file is uploaded, and the batch carries its idempotency key in its metadata: after a
-crash between the two, the run looks the batch up by that key (``GET /batches``) instead of
-submitting again, so no request is submitted twice.
+before anything is submitted, with its time and request count, and an OpenAI batch carries the
+round's idempotency key in its metadata: after a crash between the two, the run looks the batch up
+(``find``: by that key, or for Anthropic's batches, which carry no metadata, by creation time and
+request count) instead of submitting again, so no request is submitted twice.
 
 Waiting: a local run (Python, ``dspex run``) polls in-process with backoff (``DSPEX_LM_BATCH_POLL_SECONDS``
 doubling to ``DSPEX_LM_BATCH_POLL_MAX_SECONDS``). A deployment run does not hold its worker: when the
@@ -62,7 +64,8 @@ from flows.batch_api.recheck import awaiting_batch, deployment_run, schedule_rec
 from flows.engine.context import EngineContext, StepRecord, fail_row, run_log
 from flows.engine.executors.base import BatchRequest
 from tasks.batch import BatchResult, RowError, execute_module_batch
-from tasks.lm.batch_api import BatchClient, BatchInfo
+from tasks.lm.batch_api import BatchInfo, ProviderBatchClient
+from tasks.lm.batch_clients import client_for
 from tasks.lm.batch_pricing import batch_rates, batch_usage
 from tasks.lm.replay import Answer, NeedsAnswer, ReplayLM, ResponseStore, error_for
 from tasks.lm.replay_memo import ReplayMemo
@@ -139,7 +142,7 @@ def preflight(ctx: EngineContext) -> None:
     Raises:
         LMBatchUnsupportedError: They do not (nothing was sent).
     """
-    client = BatchClient.for_lm(_lm_of(ctx))
+    client = client_for(_lm_of(ctx))
     try:
         client.check()
     finally:
@@ -176,7 +179,7 @@ def run_batch_step(
         ctx.records.append(record)
         return
     lm = _lm_of(ctx)
-    client = BatchClient.for_lm(lm)  # typed error for an offline LM, a custom client, another API
+    client = client_for(lm)  # typed error for an offline LM, a custom client, another API
     try:
         client.check()  # a provider without /v1/batches: a typed error before anything is sent
         model = str(lm.model)
@@ -281,28 +284,31 @@ def run_batch_step(
 
 
 def _current_round(
-    job: BatchJob, client: BatchClient, pending: dict[str, dict[str, Any]], window: str, memo: ReplayMemo
+    job: BatchJob,
+    client: ProviderBatchClient,
+    pending: dict[str, dict[str, Any]],
+    window: str,
+    memo: ReplayMemo,
 ) -> RoundState:
     """The round holding ``pending``: the unfinished one an earlier run submitted (or was submitting),
-    else a new one, recorded as *preparing* (with its round file) before anything is uploaded."""
+    else a new one, recorded as *preparing* (with its round file and time) before anything is sent."""
     last = job.state.rounds[-1] if job.state.rounds else None
     if last is None or last.status == "done":
         last = RoundState(
-            number=len(job.state.rounds) + 1, key=f"dspex-{job.state.job}-r{len(job.state.rounds) + 1}"
+            number=len(job.state.rounds) + 1,
+            key=f"dspex-{job.state.job}-r{len(job.state.rounds) + 1}",
+            prepared_at=now_iso(),
         )
         job.write_round(last.number, list(pending), memo.take_new())
         job.state.rounds.append(last)
         last.requests = len(pending)
         job.save()
     if last.status == "preparing":
-        found = client.find(last.key)  # submitted just before a crash: adopt it, never submit twice
+        # submitted just before a crash: adopt it, never submit twice
+        found = client.find(last.key, since=last.prepared_at, requests=last.requests)
         if found is None:
-            lines = (  # made one at a time as the file is written (10,000 dicts alive wake the GC)
-                {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
-                for key, body in pending.items()
-            )
-            last.file_id = client.upload(lines, f"{last.key}.jsonl")
-            found = client.create(last.file_id, {"dspex_key": last.key}, window)
+            found = client.submit(pending, last.key, window)
+        last.file_id = found.input_file_id or last.file_id
         last.batch_id = found.id
         last.provider_status = found.status
         last.status = "submitted"
@@ -312,7 +318,7 @@ def _current_round(
     return last
 
 
-def _check_first(client: BatchClient, job: BatchJob, ctx: EngineContext) -> BatchInfo | None:
+def _check_first(client: ProviderBatchClient, job: BatchJob, ctx: EngineContext) -> BatchInfo | None:
     """Before replaying: when the job's last round was submitted and its batch is still not done,
     raise `LMBatchPendingError` at once (a re-check run then costs one status call, not a replay).
     Returns the batch once it is done (None: no round was waiting)."""
@@ -323,7 +329,7 @@ def _check_first(client: BatchClient, job: BatchJob, ctx: EngineContext) -> Batc
 
 
 def _collect_submitted(
-    client: BatchClient,
+    client: ProviderBatchClient,
     job: BatchJob,
     info: BatchInfo | None,
     store: ResponseStore,
@@ -349,7 +355,7 @@ def _collect_submitted(
     return _collect(client, info, job, last, set(requests), store, policy, fallback, model, started)
 
 
-def _wait(client: BatchClient, job: BatchJob, current: RoundState, ctx: EngineContext) -> BatchInfo:
+def _wait(client: ProviderBatchClient, job: BatchJob, current: RoundState, ctx: EngineContext) -> BatchInfo:
     """The batch once it is done: polled here with backoff, or (``exit``) `LMBatchPendingError`."""
     settings = ctx.settings
     assert current.batch_id is not None
@@ -379,7 +385,7 @@ def _wait(client: BatchClient, job: BatchJob, current: RoundState, ctx: EngineCo
 
 
 def _collect(
-    client: BatchClient,
+    client: ProviderBatchClient,
     info: BatchInfo,
     job: BatchJob,
     current: RoundState,
@@ -399,26 +405,15 @@ def _collect(
     """
     if not info.done:  # the run stopped while waiting: nothing to collect
         return 0
-    lines: list[dict[str, Any]] = []
-    for file_id in (info.output_file_id, info.error_file_id):
-        if file_id:
-            lines.extend(client.content(file_id))
     answers: dict[str, Answer] = {}
     failed: dict[str, Answer] = {}
-    for line in lines:
-        key = line.get("custom_id")
-        if not isinstance(key, str) or key not in pending:
+    for line in client.results(info):
+        if line.key not in pending:
             continue
-        response = line.get("response") or {}
-        status = int(response.get("status_code") or 0)
-        body = response.get("body")
-        if line.get("error") is None and status == 200 and isinstance(body, dict):
-            answers[key] = Answer(response=body)
+        if line.response is not None:
+            answers[line.key] = Answer(response=line.response)
         else:
-            error = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
-            failed[key] = Answer(
-                status=status if status >= 400 else 0, message=str(error.get("message") or error)
-            )
+            failed[line.key] = Answer(status=line.status, message=line.message)
     why = f"request not answered: batch {info.id} ended {info.status}"
     for key in pending:
         if key not in answers and key not in failed:

@@ -1,4 +1,14 @@
-"""A client for an OpenAI-compatible batch API: upload a JSONL file of requests, submit, poll, download.
+"""Provider batch APIs: the interface batch mode talks to, and the OpenAI-compatible client.
+
+Batch mode (`flows.batch_api.mode`) talks to a `ProviderBatchClient`: ``check`` (before anything is
+sent), ``submit`` (a round's requests, as the OpenAI ``/v1/chat/completions`` bodies `ReplayLM` records,
+keyed by request key), ``find`` (the batch an earlier run submitted for a round), ``retrieve``,
+``cancel`` and ``results`` (each request's answer as a `ResultLine`: an OpenAI chat completion, or an
+HTTP-like status and message). `tasks.lm.batch_clients.client_for` picks the client for an LM: this
+module's `BatchClient` for OpenAI-compatible providers, `tasks.lm.anthropic_batch.AnthropicBatchClient`
+for Anthropic's Message Batches API.
+
+The OpenAI client:
 
 The calls are OpenAI's (``POST /v1/files`` with ``purpose=batch``, ``POST /v1/batches`` for
 ``/v1/chat/completions``, ``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``, ``POST
@@ -11,27 +21,39 @@ reach the same endpoint with the same credentials. The key is sent as a header a
 A provider without the batch endpoints (404/405 on ``GET /v1/batches``) or an LM that is not an
 OpenAI-compatible ``dspy.LM`` is an `LMBatchUnsupportedError`, raised by `BatchClient.for_lm` /
 `BatchClient.check` before anything is uploaded.
+
+Idempotency: each batch carries its round's key in its metadata (``dspex_key``), so `BatchClient.find`
+finds the batch a crashed run submitted by that key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from dspex.exceptions import LMBatchError, LMBatchUnsupportedError
 from dspex.redact import redact
 
-__all__ = ["TERMINAL_STATUSES", "BatchClient", "BatchInfo", "chat_body"]
+__all__ = [
+    "OPENAI_COMPATIBLE",
+    "TERMINAL_STATUSES",
+    "BatchClient",
+    "BatchInfo",
+    "ProviderBatchClient",
+    "ResultLine",
+    "chat_body",
+]
 
 #: Batch statuses after which nothing more will be answered.
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
-# Providers whose models speak OpenAI's chat and batch APIs (a model without a prefix is OpenAI's).
-_OPENAI_COMPATIBLE = frozenset({"openai", "hosted_vllm", "text-completion-openai", "azure"})
+#: Providers whose models speak OpenAI's chat and batch APIs (a model without a prefix is OpenAI's).
+OPENAI_COMPATIBLE = frozenset({"openai", "hosted_vllm", "text-completion-openai", "azure"})
 _OPENAI_BASE = "https://api.openai.com/v1"
 # Call-time options that steer DSPy or the client, never the provider's answer.
 _CLIENT_ONLY = frozenset(
@@ -64,6 +86,7 @@ class BatchInfo:
         error_file_id: The file of failed requests (when there is one).
         metadata: The metadata given at submission (our idempotency key).
         raw: The whole answer.
+        input_file_id: The uploaded file of requests (None where requests are sent inline).
     """
 
     id: str
@@ -72,6 +95,7 @@ class BatchInfo:
     error_file_id: str | None
     metadata: dict[str, Any]
     raw: dict[str, Any]
+    input_file_id: str | None = None
 
     @property
     def done(self) -> bool:
@@ -90,7 +114,60 @@ class BatchInfo:
             error_file_id=raw.get("error_file_id"),
             metadata=dict(raw.get("metadata") or {}),
             raw=raw,
+            input_file_id=raw.get("input_file_id"),
         )
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One request's answer in a finished batch, the same shape whichever the provider.
+
+    Attributes:
+        key: The request key (the ``custom_id`` it was submitted under).
+        response: The answer as an OpenAI chat completion (what `ReplayLM` parses); None when the
+            request failed.
+        status: 200, or the HTTP status the online call would have got (0: expired or cancelled
+            inside the batch, a transient failure).
+        message: The failure's message.
+    """
+
+    key: str
+    response: dict[str, Any] | None = None
+    status: int = 200
+    message: str = ""
+
+
+class ProviderBatchClient(Protocol):
+    """What batch mode needs of a provider's batch API (see the module docstring)."""
+
+    def check(self) -> None:
+        """Raise `LMBatchUnsupportedError` when the endpoint has no batch API (nothing is sent)."""
+        ...
+
+    def submit(self, pending: Mapping[str, dict[str, Any]], key: str, window: str) -> BatchInfo:
+        """Submit ``pending`` (request key -> OpenAI chat body) as one batch for the round ``key``."""
+        ...
+
+    def find(self, key: str, since: str | None = None, requests: int | None = None) -> BatchInfo | None:
+        """The batch submitted for the round ``key`` (recorded as preparing at ``since``, holding
+        ``requests`` requests), if the provider shows one."""
+        ...
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        """The batch's current status."""
+        ...
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel the batch."""
+        ...
+
+    def results(self, info: BatchInfo) -> list[ResultLine]:
+        """The answers of a finished batch."""
+        ...
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        ...
 
 
 class BatchClient:
@@ -126,10 +203,11 @@ class BatchClient:
             )
         model = str(lm.model)
         provider = model.split("/", 1)[0] if "/" in model else "openai"
-        if provider not in _OPENAI_COMPATIBLE:
+        if provider not in OPENAI_COMPATIBLE:
             raise LMBatchUnsupportedError(
-                f"batch mode speaks the OpenAI batch API; provider {provider!r} of {model!r} is not "
-                f"supported (OpenAI-compatible providers: {sorted(_OPENAI_COMPATIBLE)})"
+                f"this client speaks the OpenAI batch API; provider {provider!r} of {model!r} does not "
+                f"(OpenAI-compatible providers: {sorted(OPENAI_COMPATIBLE)}; Anthropic's: "
+                "tasks.lm.batch_clients.client_for)"
             )
         kwargs = lm.kwargs
         base = kwargs.get("api_base") or kwargs.get("base_url") or _OPENAI_BASE
@@ -187,6 +265,16 @@ class BatchClient:
             raise LMBatchError(f"file upload answered without a file id: {str(answer)[:200]}")
         return str(answer["id"])
 
+    def submit(self, pending: Mapping[str, dict[str, Any]], key: str, window: str) -> BatchInfo:
+        """Upload ``pending`` as one JSONL file and submit it, with ``key`` as its ``dspex_key``."""
+        lines = (  # made one at a time as the file is written (10,000 dicts alive wake the GC)
+            {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+            for custom_id, body in pending.items()
+        )
+        file_id = self.upload(lines, f"{key}.jsonl")
+        info = self.create(file_id, {"dspex_key": key}, window)
+        return info if info.input_file_id else dataclasses.replace(info, input_file_id=file_id)
+
     def create(self, input_file_id: str, metadata: dict[str, str], window: str = "24h") -> BatchInfo:
         """Submit the uploaded file as a batch of chat completions."""
         body = {
@@ -201,8 +289,11 @@ class BatchClient:
         """The batch's current status."""
         return BatchInfo.parse(self._json("GET", f"/batches/{batch_id}"))
 
-    def find(self, key: str, limit: int = 100) -> BatchInfo | None:
-        """The most recent batch submitted with metadata ``dspex_key == key``, if the provider lists one."""
+    def find(
+        self, key: str, since: str | None = None, requests: int | None = None, limit: int = 100
+    ) -> BatchInfo | None:
+        """The most recent batch submitted with metadata ``dspex_key == key``, if the provider lists one
+        (``since`` and ``requests`` are not needed: the key is in the batch's metadata)."""
         answer = self._json("GET", "/batches", params={"limit": limit})
         for raw in answer.get("data", []) if isinstance(answer, dict) else []:
             if isinstance(raw, dict) and (raw.get("metadata") or {}).get("dspex_key") == key:
@@ -226,3 +317,27 @@ class BatchClient:
                 except json.JSONDecodeError as exc:
                     raise LMBatchError(f"result file {file_id} has a line that is not JSON: {exc}") from exc
         return lines
+
+    def results(self, info: BatchInfo) -> list[ResultLine]:
+        """The answers of a finished batch, from its output and error files.
+
+        A line answered 200 with a body is an answer; any other line is a failure with its status
+        (an expired or cancelled request has none: 0). A request without a line is left out (batch
+        mode counts it as not answered).
+        """
+        found: list[ResultLine] = []
+        for file_id in (info.output_file_id, info.error_file_id):
+            for line in self.content(file_id) if file_id else []:
+                key = line.get("custom_id")
+                if not isinstance(key, str):
+                    continue
+                response = line.get("response") or {}
+                status = int(response.get("status_code") or 0)
+                body = response.get("body")
+                if line.get("error") is None and status == 200 and isinstance(body, dict):
+                    found.append(ResultLine(key, response=body))
+                    continue
+                error = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
+                message = str(error.get("message") or error) if isinstance(error, dict) else str(error)
+                found.append(ResultLine(key, status=status if status >= 400 else 0, message=message))
+        return found
