@@ -293,7 +293,8 @@ def _current_round(
     """The round holding ``pending``: the unfinished one an earlier run submitted (or was submitting),
     else a new one, recorded as *preparing* (with its round file and time) before anything is sent."""
     last = job.state.rounds[-1] if job.state.rounds else None
-    if last is None or last.status == "done":
+    fresh = last is None or last.status == "done"
+    if fresh:
         last = RoundState(
             number=len(job.state.rounds) + 1,
             key=f"dspex-{job.state.job}-r{len(job.state.rounds) + 1}",
@@ -303,9 +304,11 @@ def _current_round(
         job.state.rounds.append(last)
         last.requests = len(pending)
         job.save()
+    assert last is not None
     if last.status == "preparing":
-        # submitted just before a crash: adopt it, never submit twice
-        found = client.find(last.key, since=last.prepared_at, requests=last.requests)
+        # an earlier run's round: it may have submitted just before a crash; adopt it, never submit twice
+        earlier = [r.batch_id for r in job.state.rounds if r.batch_id]  # never one of this job's own
+        found = None if fresh else client.find(last.key, last.prepared_at, last.requests, earlier)
         if found is None:
             found = client.submit(pending, last.key, window)
         last.file_id = found.input_file_id or last.file_id

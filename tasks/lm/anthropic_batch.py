@@ -31,13 +31,16 @@ the online call raises and the retry policy treats it the same; ``canceled`` and
 
 Idempotency: a Message Batch carries no metadata, so the round's key cannot travel with it. Batch mode
 records each round as *preparing*, with its time and request count, before submitting (`find`'s
-``since`` and ``requests``); after a crash between submitting and recording, `find` lists the batches
-created since then (``ADOPT_CLOCK_SKEW_S`` earlier, for the provider's clock) with the same number of
-requests that no one has cancelled: one is adopted, none means nothing was submitted, and more than
+``since`` and ``requests``). Only a run that finds a round an earlier run left *preparing* (it stopped
+between recording and submitting, or between submitting and recording the batch id) asks `find`,
+which lists the batches created since then (``ADOPT_CLOCK_SKEW_S`` earlier, for the provider's
+clock) with the same number of requests, that no one has cancelled and that are not the job's earlier
+rounds': one is adopted, none means nothing was submitted (the round is submitted now), and more than
 one is an `LMBatchAmbiguousError` naming them (cancel the ones this run did not submit, then run
-again). A batch of the same size that another client on the same key created in that window would be
-adopted; its answers match none of this run's requests, which are then sent again in the next round
-(as unanswered requests are), so no row takes another's answer.
+again). Left to chance: a batch of the same size that another job or client on the same key created
+in that window, while this round's own submission never arrived, would be adopted; its answers match
+none of this round's requests, which are then sent again in the next round (as unanswered requests
+are, each counting one attempt), so no row ever takes another's answer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -287,13 +290,20 @@ class AnthropicBatchClient:
         """Ask the provider to cancel the batch (its unanswered requests end ``canceled``)."""
         return self._info(self._json("POST", f"{self.batches_url}/{_segment(batch_id)}/cancel"))
 
-    def find(self, key: str, since: str | None = None, requests: int | None = None) -> BatchInfo | None:
+    def find(
+        self,
+        key: str,
+        since: str | None = None,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
+    ) -> BatchInfo | None:
         """The batch a run submitted for round ``key`` before it could record it (module docstring).
 
         Args:
             key: The round's key (only named in errors: a Message Batch does not carry it).
             since: When the round was recorded as preparing (ISO 8601); None: no time bound.
             requests: How many requests the round holds; None: no batch can be told apart.
+            exclude: Batches that are not this round's (the job's earlier rounds').
 
         Raises:
             LMBatchAmbiguousError: More than one batch fits.
@@ -302,6 +312,7 @@ class AnthropicBatchClient:
             return None
         start = _parse_time(since) - dt.timedelta(seconds=ADOPT_CLOCK_SKEW_S) if since else None
         fits: list[BatchInfo] = []
+        excluded = set(exclude)
         after: str | None = None
         for _ in range(_LIST_PAGES):
             params: dict[str, Any] = {"limit": _LIST_PAGE} | ({"after_id": after} if after else {})
@@ -315,7 +326,7 @@ class AnthropicBatchClient:
                 if start is not None and created is not None and created < start:
                     older = True  # newest first: the rest were created before the round
                     continue
-                if raw.get("cancel_initiated_at") or _total(raw) != requests:
+                if raw.get("id") in excluded or raw.get("cancel_initiated_at") or _total(raw) != requests:
                     continue
                 fits.append(self._info(raw))
             if older or not items or not page.get("has_more"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -148,9 +148,16 @@ class ProviderBatchClient(Protocol):
         """Submit ``pending`` (request key -> OpenAI chat body) as one batch for the round ``key``."""
         ...
 
-    def find(self, key: str, since: str | None = None, requests: int | None = None) -> BatchInfo | None:
-        """The batch submitted for the round ``key`` (recorded as preparing at ``since``, holding
-        ``requests`` requests), if the provider shows one."""
+    def find(
+        self,
+        key: str,
+        since: str | None = None,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
+    ) -> BatchInfo | None:
+        """The batch an earlier run submitted for the round ``key`` (recorded as preparing at
+        ``since``, holding ``requests`` requests; none of the batches ``exclude``), if the provider
+        shows one."""
         ...
 
     def retrieve(self, batch_id: str) -> BatchInfo:
@@ -290,10 +297,15 @@ class BatchClient:
         return BatchInfo.parse(self._json("GET", f"/batches/{batch_id}"))
 
     def find(
-        self, key: str, since: str | None = None, requests: int | None = None, limit: int = 100
+        self,
+        key: str,
+        since: str | None = None,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
+        limit: int = 100,
     ) -> BatchInfo | None:
         """The most recent batch submitted with metadata ``dspex_key == key``, if the provider lists one
-        (``since`` and ``requests`` are not needed: the key is in the batch's metadata)."""
+        (``since``, ``requests`` and ``exclude`` are not needed: the key is in the batch's metadata)."""
         answer = self._json("GET", "/batches", params={"limit": limit})
         for raw in answer.get("data", []) if isinstance(answer, dict) else []:
             if isinstance(raw, dict) and (raw.get("metadata") or {}).get("dspex_key") == key:
