@@ -214,7 +214,7 @@ class FakeOpenAIServer:
 
     def start(self) -> FakeOpenAIServer:
         """Start serving on 127.0.0.1 at an ephemeral port."""
-        handler = type("_BoundHandler", (_Handler,), {"server_state": self})
+        handler = type("_BoundHandler", (self._handler_base(),), {"server_state": self})
         self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -237,9 +237,17 @@ class FakeOpenAIServer:
         self._thread = None
 
     # --- request handling (called from handler threads) ---------------------------------------
+    def _handler_base(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class (a sibling server, such as Anthropic's, serves other routes)."""
+        return _Handler
+
+    def _is_chat(self, method: str, path: str) -> bool:
+        """Whether a request is a chat request (it takes the next queued fault)."""
+        return method == "POST" and path.endswith("/chat/completions")
+
     def _take_fault(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> Fault | None:
         with self._lock:
-            is_chat = method == "POST" and path.endswith("/chat/completions")
+            is_chat = self._is_chat(method, path)
             fault = self._faults.popleft() if is_chat and self._faults else None
             self.requests.append(RecordedRequest(method, path, dict(headers), body, fault))
             self._counter += 1
