@@ -106,7 +106,7 @@ def stream_pipeline(
     continue_on_error: bool | None = None,
     chunk_rows: int | None = None,
     resume: bool | None = None,
-    lm_batch: bool | list[str] | None = None,
+    lm_batch: bool | None = None,
 ) -> PipelineStream:
     """Run a pipeline and iterate its output rows as they complete.
 

@@ -89,6 +89,11 @@ class BatchResult(BaseModel):
         default_factory=Usage,
         description="LM tokens and cost the batch's attempts paid for (retries included; reused rows: none).",
     )
+    suspended: list[int] = Field(
+        default_factory=list,
+        description="Rows that stopped at a call still waiting for its answer (provider batch mode): "
+        "neither an output nor an error.",
+    )
 
     @property
     def failed(self) -> int:
@@ -295,6 +300,7 @@ def execute_module_batch(
     timeout_s: float | None = None,
     pool: str = "",
     on_row_done: Callable[[int, dict[str, Any]], None] | None = None,
+    suspend: type[BaseException] | None = None,
 ) -> BatchResult:
     """Run ``step``'s module over ``rows``.
 
@@ -310,6 +316,9 @@ def execute_module_batch(
         pool: The pool running the batch (recorded in the result).
         on_row_done: Called on the pool's thread with a row's index and outputs as soon as it
             completes (resume's row journal: a killed process loses only the rows in flight).
+        suspend: An exception (``BaseException``, so the row's program and the retries let it through)
+            that ends a row for now rather than failing it: the row gets neither an output nor an
+            error, and its index goes in ``suspended`` (batch mode's `tasks.lm.replay.NeedsAnswer`).
     """
     start = time.perf_counter()
     policy = policy or RetryPolicy()
@@ -337,6 +346,8 @@ def execute_module_batch(
     abandoned = threading.Event()
     futures: dict[int, Future[Any]] = {}
     usages: list[Usage] = []
+    suspended: list[int] = []
+    suspends: tuple[type[BaseException], ...] = (suspend,) if suspend is not None else ()
     trace = tracing.current_batch()
     for i, row in enumerate(rows):
         try:
@@ -372,6 +383,8 @@ def execute_module_batch(
         try:
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
             outputs[i], latencies[i] = future.result(timeout=remaining)
+        except suspends:
+            suspended.append(i)
         except FuturesTimeout:
             # Threads cannot be interrupted: the row's in-flight call runs out on its own (bounded
             # by the LM timeout), but `abandoned` stops it from being tried again.
@@ -406,6 +419,7 @@ def execute_module_batch(
         pool=pool,
         # Rows abandoned at a timeout may still add their usage later: it is not counted.
         usage=Usage.total(list(usages)),
+        suspended=suspended,
     )
 
 

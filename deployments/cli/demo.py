@@ -167,7 +167,7 @@ def run(
 
     from deployments.cli.output import load_spec_file, partial_ref_of, print_error, write_run_output
     from deployments.cli.stopped import report_stopped, usage_line
-    from dspex.exceptions import DSPexError, InputValidationError, RunStoppedError
+    from dspex.exceptions import DSPexError, RunStoppedError
     from dspex.redact import redact
     from flows import run_pipeline
     from flows.guards.resume import reuse_note

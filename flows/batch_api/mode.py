@@ -111,18 +111,14 @@ class BatchMode:
         return self.steps is True or (isinstance(self.steps, frozenset) and step.name in self.steps)
 
 
-class _Waiting(Exception):
-    """A row that stopped at an unanswered LM call (turned into its row error, then recognised)."""
-
-
 def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     """``submit`` for `execute_module_batch` that runs each row at once, here: a replay costs no I/O,
     and one thread avoids contention on the GIL for ten thousand rows."""
     future: Future[Any] = Future()
     try:
         future.set_result(fn(*args))
-    except NeedsAnswer as waiting:
-        future.set_exception(_Waiting(waiting.key))
+    except NeedsAnswer as waiting:  # the row waits for an answer: `execute_module_batch` suspends it
+        future.set_exception(waiting)
     except Exception as exc:  # the row's failure, classified by execute_module_batch
         future.set_exception(exc)
     return future
@@ -223,15 +219,16 @@ def run_batch_step(
                     submit=_inline,
                     policy=RetryPolicy(attempts=1),  # rounds retry, not the replay (see _collect)
                     pool="provider-batch",
+                    suspend=NeedsAnswer,
                 )
             online_usage.append(result.usage)  # only online fallbacks report usage
-            still = []
-            for n, output, error in zip(waiting, result.outputs, result.errors, strict=True):
-                if error is not None and error.type == _Waiting.__name__:
-                    still.append(n)
-                else:
+            paused = set(result.suspended)
+            for position, (n, output, error) in enumerate(
+                zip(waiting, result.outputs, result.errors, strict=True)
+            ):
+                if position not in paused:
                     outputs[n], errors[n] = output, error
-            waiting = still
+            waiting = [waiting[position] for position in result.suspended]
             pending = store.take_pending()
             if not pending:
                 break

@@ -17,7 +17,7 @@ from dspy.utils.callback import BaseCallback
 from flows import PipelineSpec
 from flows.batch_api.mode import _inline
 from tasks.batch import execute_module_batch
-from tasks.lm.replay import Answer, ReplayLM, ResponseStore
+from tasks.lm.replay import Answer, NeedsAnswer, ReplayLM, ResponseStore
 from tasks.lm.replay_memo import ReplayMemo
 from tasks.retry import RetryPolicy
 
@@ -84,15 +84,14 @@ def run_rounds(step, data, *, memo=False, new_process=False, reply=lambda body: 
                 lm=ReplayLM(inner, store),
                 submit=_inline,
                 policy=RetryPolicy(attempts=1),
+                suspend=NeedsAnswer,
             )
-        still = []
-        for n, out, err in zip(waiting, result.outputs, result.errors, strict=True):
-            if err is not None and err.type == "_Waiting":
-                still.append(n)
-            else:
+        paused = set(result.suspended)
+        for position, (n, out, err) in enumerate(zip(waiting, result.outputs, result.errors, strict=True)):
+            if position not in paused:
                 outputs[n], errors[n] = out, err
         seen.append(counter.count)
-        waiting = still
+        waiting = [waiting[position] for position in result.suspended]
         for key, body in store.take_pending().items():
             store.put(key, Answer(response=completion(reply(body))))
         if replay_memo is not None and new_process:
