@@ -107,6 +107,11 @@ class LMBatchRecord(BaseModel):
         default_factory=list,
         description="Per round: building, uploading and submitting the file; collecting.",
     )
+    finish_ms: float = Field(
+        default=0.0,
+        description="The last pass, after the last round: the rows' programs with every answer at hand "
+        "(what gives the rows' outputs).",
+    )
     price: str = ""
 
 

@@ -199,6 +199,7 @@ def run_batch_step(
         errors: list[RowError | None] = [None] * len(subset)
         online_usage: list[Usage] = []
         fallbacks = _collect_submitted(client, job, done, store, policy, mode.fallback, model, ctx)
+        finish_ms = 0.0
         while waiting:
             if ctx.stopping():
                 stop = RowError(
@@ -231,6 +232,7 @@ def run_batch_step(
             waiting = [waiting[position] for position in result.suspended]
             pending = store.take_pending()
             if not pending:
+                finish_ms = round((time.perf_counter() - round_start) * 1000, 1)
                 break
             replayed = time.perf_counter()
             current = _current_round(job, client, pending, settings.lm_batch_completion_window, memo)
@@ -271,7 +273,18 @@ def run_batch_step(
             BatchRequest(step=step, rows=subset, pool="provider-batch", batch_key=job.state.job), result
         )
     record = _record(
-        step, decision, job, store, rows, active, started, reused, online_usage, fallbacks, settings
+        step,
+        decision,
+        job,
+        store,
+        rows,
+        active,
+        started,
+        reused,
+        online_usage,
+        fallbacks,
+        settings,
+        finish_ms,
     )
 
     if record.lm_batch is not None and record.lm_batch.rounds:
@@ -455,6 +468,7 @@ def _record(
     online_usage: list[Usage],
     fallbacks: int,
     settings: Any,
+    finish_ms: float = 0.0,
 ) -> Any:
 
     rounds = job.state.rounds
@@ -495,6 +509,7 @@ def _record(
             online_fallbacks=fallbacks,
             replay_ms=[r.replay_ms for r in rounds],
             io_ms=[r.io_ms for r in rounds],
+            finish_ms=finish_ms,
             price=rates[2] if rates else "unpriced",
         ),
     )

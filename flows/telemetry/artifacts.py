@@ -137,7 +137,14 @@ def _batch_columns(record: Any) -> dict[str, Any]:
         "batch completed": ", ".join(t or "-" for t in batch.completed_at) or "-",
         "batch wait s": batch.wait_s,
         "batch price": batch.price,
+        # Our side of each round (the rows' programs, then files and calls), and the last pass.
+        "batch programs s": _seconds([*batch.replay_ms, batch.finish_ms]),
+        "batch I/O s": _seconds(batch.io_ms),
     }
+
+
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{ms / 1000:.2f}" for ms in values) or "-"
 
 
 def _usage_lines(summary: Any) -> list[str]:
