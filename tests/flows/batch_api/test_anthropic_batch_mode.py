@@ -12,7 +12,6 @@ from support.anthropic_server import anthropic_server
 
 from dspex.exceptions import LMBatchPendingError, LMBatchUnsupportedError
 from flows import PipelineSpec, run_pipeline
-from flows.engine.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
 
@@ -20,16 +19,6 @@ MODEL = "anthropic/claude-haiku-4-5"
 KEY = "sk-ant-batch-secret"
 PREDICT = {"module": "dspy.Predict", "signature": "question, context -> answer"}
 TWO_PREDICTORS = {"module": "fixtures_pkg.batch_programs:DraftThenAnswer"}
-
-
-@pytest.fixture(autouse=True)
-def _fast(monkeypatch):
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_SECONDS", "0.05")
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_MAX_SECONDS", "0.2")
-    monkeypatch.setenv("DSPEX_TASK_RETRY_DELAY_SECONDS", "0")
-    monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
-    yield
-    shutdown_local_pools()
 
 
 @pytest.fixture

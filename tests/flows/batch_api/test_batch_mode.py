@@ -14,21 +14,10 @@ from support.openai_server import Fault, openai_server
 from dspex.exceptions import LMBatchPendingError, LMBatchUnsupportedError
 from flows import PipelineSpec, run_pipeline
 from flows.batch_api.jobs import BATCH_PREFIX
-from flows.engine.pools import shutdown_local_pools
 
 pytestmark = pytest.mark.integration
 
 MODEL = "openai/gpt-4o-mini"
-
-
-@pytest.fixture(autouse=True)
-def _fast(monkeypatch):
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_SECONDS", "0.05")
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_MAX_SECONDS", "0.2")
-    monkeypatch.setenv("DSPEX_TASK_RETRY_DELAY_SECONDS", "0")
-    monkeypatch.setenv("DSPEX_TRUSTED_IMPORT_ROOTS", '["fixtures_pkg"]')
-    yield
-    shutdown_local_pools()
 
 
 @pytest.fixture

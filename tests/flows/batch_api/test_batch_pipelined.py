@@ -11,7 +11,6 @@ from support.openai_server import openai_server
 
 from flows import PipelineSpec, run_pipeline, stream_pipeline
 from flows.batch_api.mode import BatchMode
-from flows.engine.pools import shutdown_local_pools
 from flows.engine.spec import ModuleStep, NativeStep
 from flows.engine.streaming import _segments, is_barrier
 
@@ -26,14 +25,6 @@ SPEC = {
         {"native": "template", "template": "[{{ answer }}]", "output": "shown"},
     ],
 }
-
-
-@pytest.fixture(autouse=True)
-def _fast(monkeypatch):
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_SECONDS", "0.05")
-    monkeypatch.setenv("DSPEX_LM_BATCH_POLL_MAX_SECONDS", "0.2")
-    yield
-    shutdown_local_pools()
 
 
 @pytest.fixture
