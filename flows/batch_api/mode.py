@@ -117,9 +117,7 @@ def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
     future: Future[Any] = Future()
     try:
         future.set_result(fn(*args))
-    except NeedsAnswer as waiting:  # the row waits for an answer: `execute_module_batch` suspends it
-        future.set_exception(waiting)
-    except Exception as exc:  # the row's failure, classified by execute_module_batch
+    except (Exception, NeedsAnswer) as exc:  # a failure (classified) or a wait (suspended) for the caller
         future.set_exception(exc)
     return future
 
@@ -468,7 +466,7 @@ def _record(
     online_usage: list[Usage],
     fallbacks: int,
     settings: Any,
-    finish_ms: float = 0.0,
+    finish_ms: float,
 ) -> Any:
 
     rounds = job.state.rounds
